@@ -1,0 +1,272 @@
+"""SimGrid: a Flower `Grid` whose messages travel in virtual time.
+
+Any Flower Message-API strategy talks to a `Grid`; this one delivers its
+messages to simulated devices. A pushed message goes through
+
+    downlink transfer -> compute on the device -> uplink transfer
+
+and its reply becomes visible to `pull_messages` only once the virtual clock
+has reached the reply's arrival time. Compute time is the work the client
+reports (`WORK_KEY`, in samples, else `num-examples`) divided by the device's
+speed and multiplied by its straggling slowdown, never measured wall time,
+so virtual time is deterministic. `send_and_receive(timeout=T)` treats T as a
+deadline in virtual seconds: later replies are dropped and counted as
+stragglers. Nothing here sleeps or polls.
+
+A message lost on a link, or a device that drops out, comes back as a Flower
+error reply at the moment the server would learn of it, so strategies count
+it as a failure and a round without a deadline still ends.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedsim.channel import add_noise, is_lost, payload_nbytes, transfer_time
+from fedsim.devices import DevicePopulation
+from fedsim.pool import Job, JobResult, Pool, error_reply
+from fedsim.scenario import ChannelSpec
+from fedsim.seeding import int_seed, rng
+
+WORK_KEY = "work-samples"
+"""Reply metric: samples the client processed (forward+backward), for compute time."""
+
+EVAL_COST = 1 / 3
+"""Cost of evaluating one sample relative to training on it (forward pass only)."""
+
+NODE_ID_OFFSET = 1000
+"""Node ids are partition ids plus this offset (Flower reserves small ids)."""
+
+
+@dataclass
+class RoundStats:
+    """What happened on the grid between two `end_round` calls."""
+
+    sent: int = 0
+    replies: int = 0
+    failures: int = 0
+    stragglers: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    bytes_by_node: dict[int, list[int]] = field(default_factory=dict)  # node -> [up, down]
+
+    def count_bytes(self, node: int, up: int = 0, down: int = 0) -> None:
+        self.bytes_up += up
+        self.bytes_down += down
+        counts = self.bytes_by_node.setdefault(node, [0, 0])
+        counts[0] += up
+        counts[1] += down
+
+    def as_metrics(self) -> dict[str, int]:
+        return {"sent": self.sent, "replies": self.replies, "failures": self.failures,
+                "stragglers": self.stragglers, "bytes_up": self.bytes_up,
+                "bytes_down": self.bytes_down}
+
+
+@dataclass
+class _InFlight:
+    order: int
+    arrival: float
+    reply: Message
+
+
+class SimGrid(Grid):
+    """A Flower Grid over simulated devices and links, in virtual time."""
+
+    def __init__(self, pool: Pool, devices: DevicePopulation, channel: ChannelSpec,
+                 seed: int, run: Run) -> None:
+        self.pool = pool
+        self.devices = devices
+        self.channel = channel
+        self.seed = seed
+        self._run = run
+        self.now = 0.0
+        self.round = 0
+        self.stats = RoundStats()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._pushed = 0
+        self._jobs_this_round: dict[int, int] = {}
+
+    # ------------------------------------------------------------ Grid API
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        """Nodes online in the current round, in a fixed order."""
+        online = self.devices.available(self.round)
+        return [int(i) + NODE_ID_OFFSET for i in online.nonzero()[0]]
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver messages to their devices now; replies arrive later in virtual time."""
+        messages = list(messages)
+        jobs: list[Job] = []
+        payloads: list[RecordDict] = []
+        payload_index: dict[int, int] = {}
+        executed: list[_Dispatch] = []
+        for message in messages:
+            dispatch = self._dispatch(message)
+            if dispatch.lost:
+                reply = error_reply(message, ErrorCode.UNKNOWN, "message lost on the downlink")
+                self._hold(dispatch, dispatch.start, reply)
+                continue
+            if id(message.content) not in payload_index:
+                payload_index[id(message.content)] = len(payloads)
+                payloads.append(message.content)
+            jobs.append(Job(
+                node_id=message.metadata.dst_node_id, partition_id=dispatch.node,
+                message_type=message.metadata.message_type,
+                message_id=message.metadata.message_id, group_id=message.metadata.group_id,
+                content_index=payload_index[id(message.content)],
+                seed=int_seed(self.seed, "job", *dispatch.key),
+                downlink_sigma=dispatch.downlink_sigma,
+            ))
+            executed.append(dispatch)
+        results = self.pool.execute(jobs, payloads) if jobs else []
+        for dispatch, result in zip(executed, results, strict=True):
+            self._complete(dispatch, result)
+        return [m.metadata.message_id for m in messages]
+
+    def _dispatch(self, message: Message) -> _Dispatch:
+        """Give the message an id, count its bytes, time its downlink, draw its loss."""
+        message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        node = message.metadata.dst_node_id - NODE_ID_OFFSET
+        if not 0 <= node < self.devices.n:
+            raise ValueError(f"message for unknown node id {message.metadata.dst_node_id}")
+        job_no = self._jobs_this_round.get(node, 0)
+        self._jobs_this_round[node] = job_no + 1
+        key = (node, self.round, job_no)
+        downlink = self.devices.downlink(node, self.channel.downlink)
+        nbytes = payload_nbytes(message.content)
+        self.stats.sent += 1
+        self.stats.count_bytes(node, down=nbytes)
+        self._pushed += 1
+        return _Dispatch(
+            message=message, node=node, key=key, order=self._pushed,
+            start=self.now + transfer_time(downlink, nbytes),
+            lost=is_lost(downlink, rng(self.seed, "downlink-loss", *key)),
+            downlink_sigma=downlink.noise_sigma,
+        )
+
+    def _complete(self, dispatch: _Dispatch, result: JobResult) -> None:
+        """Turn a worker's result into a reply that arrives after compute and uplink."""
+        message, node, key = dispatch.message, dispatch.node, dispatch.key
+        if result.content is None:
+            self._hold(dispatch, dispatch.start,
+                       error_reply(message, result.error_code, result.error_reason))
+            return
+        work = _reported_work(result.content, message.metadata.message_type)
+        compute = work / self.devices.speed[node] * self.devices.slowdown(*key)
+        dropped_at = self.devices.dropout_at(*key)
+        if dropped_at is not None:
+            self._hold(dispatch, dispatch.start + dropped_at * compute,
+                       error_reply(message, ErrorCode.UNKNOWN, "device dropped out"))
+            return
+        uplink = self.devices.uplink(node, self.channel.uplink)
+        nbytes = payload_nbytes(result.content)
+        self.stats.count_bytes(node, up=nbytes)
+        arrival = dispatch.start + compute + transfer_time(uplink, nbytes)
+        if is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
+            reply = error_reply(message, ErrorCode.UNKNOWN, "message lost on the uplink")
+        else:
+            noisy = add_noise(result.content, uplink.noise_sigma,
+                              rng(self.seed, "uplink-noise", *key))
+            reply = Message(noisy, reply_to=message)
+        self._hold(dispatch, arrival, reply)
+
+    def _hold(self, dispatch: _Dispatch, arrival: float, reply: Message) -> None:
+        self._in_flight[dispatch.message.metadata.message_id] = _InFlight(
+            dispatch.order, arrival, reply)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Replies that have arrived by the current virtual time, in arrival order."""
+        arrived = [(f.arrival, f.order, mid) for mid in message_ids
+                   if (f := self._in_flight.get(mid)) is not None and f.arrival <= self.now]
+        return [self._take(mid) for _, _, mid in sorted(arrived)]
+
+    def _take(self, message_id: str) -> Message:
+        reply = self._in_flight.pop(message_id).reply
+        if reply.has_error():
+            self.stats.failures += 1
+        else:
+            self.stats.replies += 1
+        return reply
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> list[Message]:
+        """Push, advance the clock to the last arrival (or the deadline), pull.
+
+        Replies come back in the order the messages were given, so that a
+        strategy's floating-point aggregation does not depend on timing.
+        Replies later than the deadline are discarded and counted as stragglers.
+        """
+        ids = self.push_messages(messages)
+        if not ids:
+            return []
+        deadline = math.inf if timeout is None else self.now + timeout
+        arrivals = [self._in_flight[mid].arrival for mid in ids]
+        on_time = [a for a in arrivals if a <= deadline]
+        self.now = max(self.now, deadline if len(on_time) < len(arrivals) else max(arrivals))
+        replies = [self._take(mid) for mid in ids if self._in_flight[mid].arrival <= self.now]
+        late = [mid for mid in ids if mid in self._in_flight]
+        for mid in late:
+            del self._in_flight[mid]
+        self.stats.stragglers += len(late)
+        return replies
+
+    # ------------------------------------------------------------ virtual clock
+
+    def next_arrival(self, message_ids: Iterable[str]) -> float | None:
+        """Virtual time of the earliest pending reply among `message_ids`, if any."""
+        times = [f.arrival for mid in message_ids if (f := self._in_flight.get(mid))]
+        return min(times) if times else None
+
+    def advance_to(self, t: float) -> None:
+        """Move the virtual clock forward (never backward)."""
+        self.now = max(self.now, t)
+
+    def end_round(self) -> RoundStats:
+        """Close the current round's bookkeeping; availability moves to the next round."""
+        stats, self.stats = self.stats, RoundStats()
+        self.round += 1
+        self._jobs_this_round = {}
+        return stats
+
+
+@dataclass
+class _Dispatch:
+    message: Message
+    node: int
+    key: tuple[int, int, int]  # (node, round, job number in round): keys every random draw
+    order: int
+    start: float  # virtual time the device has the message
+    lost: bool
+    downlink_sigma: float
+
+
+def _reported_work(content: RecordDict, message_type: str) -> float:
+    """Samples of work the client reports; evaluation costs `EVAL_COST` per sample."""
+    for record in content.metric_records.values():
+        if WORK_KEY in record:
+            return float(record[WORK_KEY])
+    for record in content.metric_records.values():
+        if "num-examples" in record:
+            scale = EVAL_COST if message_type.startswith("evaluate") else 1.0
+            return float(record["num-examples"]) * scale
+    return 0.0

@@ -1,0 +1,225 @@
+"""Build a run from a scenario and drive the strategy on a grid.
+
+`simulate` builds the simulated world (task, devices, client pool, SimGrid);
+`execute` is what simulation and deployment share: it builds the strategy,
+calls its `start()` on whatever grid it is given, and turns every round into
+a metrics record for the callbacks (results writer, progress bar...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy, strategy_utils
+from flwr.supercore.run import Run
+
+from fedsim.devices import DevicePopulation
+from fedsim.grid import WORK_KEY, SimGrid
+from fedsim.pool import WorkerSpec, make_pool
+from fedsim.results import Callback
+from fedsim.scenario import Scenario, scenario_to_dict
+from fedsim.seeding import int_seed
+from fedsim.tasks import Task, make_task
+from fedsim.training import TrainConfig, arrays_to_model, model_to_arrays
+from strategies import BuildContext, build_strategy
+
+RUN_ID = 1
+CLIENT_APP = "fedsim.apps:client_app"
+
+
+class RunStalled(RuntimeError):
+    """The strategy waits for more nodes than are online; in virtual time none will come."""
+
+
+class Diverged(RuntimeError):
+    """The global model or loss became NaN/Inf."""
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    records: list[dict[str, Any]] = field(default_factory=list)
+    arrays: ArrayRecord | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train_config(scenario: Scenario) -> ConfigRecord:
+    return TrainConfig.from_spec(scenario.training).to_record()
+
+
+def initial_arrays(task: Task, seed: int) -> ArrayRecord:
+    torch.manual_seed(int_seed(seed, "initial-model"))
+    return model_to_arrays(task.make_model())
+
+
+def run_config(scenario: Scenario) -> dict[str, Any]:
+    """The Flower run config that lets a ClientApp rebuild the task."""
+    return {"scenario-json": json.dumps(scenario_to_dict(scenario))}
+
+
+def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
+             log_file: Path | None = None) -> RunResult:
+    """Run a scenario on simulated devices in virtual time."""
+    torch.set_num_threads(1)  # the same float results whatever the backend
+    task = make_task(scenario)
+    devices = DevicePopulation(scenario.clients, scenario.seed)
+    backend = scenario.backend
+    spec = WorkerSpec(CLIENT_APP, RUN_ID, scenario.clients.count, run_config(scenario))
+    pool = make_pool(backend.kind, spec, backend.num_actors, backend.actor_cpus, backend.address)
+    try:
+        grid = SimGrid(pool, devices, scenario.channel, scenario.seed, Run.create_empty(RUN_ID))
+        return execute(scenario, grid, task, callbacks, devices=devices, log_file=log_file)
+    finally:
+        pool.shutdown()
+
+
+def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Callback] = (),
+            devices: DevicePopulation | None = None, log_file: Path | None = None) -> RunResult:
+    """Run the scenario's strategy on `grid` (simulated or deployed)."""
+    random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
+    for callback in callbacks:
+        callback.on_run_start(scenario)
+    with flower_log_to(log_file), _no_waiting_for_nodes():
+        context = BuildContext(scenario, scenario.clients.count, devices)
+        strategy = build_strategy(scenario, context)
+        recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks)
+        result = strategy.start(
+            grid, initial_arrays(task, scenario.seed), num_rounds=scenario.rounds,
+            timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
+            train_config=train_config(scenario),
+            evaluate_config=ConfigRecord(), evaluate_fn=recorder.end_of_round)
+    run = RunResult(scenario, recorder.records, result.arrays, recorder.summary())
+    for callback in callbacks:
+        callback.on_run_end(run.summary, run.arrays)
+    return run
+
+
+class _RoundRecorder:
+    """Hooks into a strategy to turn each round into one metrics record.
+
+    Flower's `start()` calls `evaluate_fn` once before the first round and
+    after every round, so that is the end-of-round hook; the aggregated train
+    and evaluate metrics are captured by wrapping the strategy's aggregate
+    methods on the instance (any strategy, built-in or ours).
+    """
+
+    def __init__(self, scenario: Scenario, grid: Grid, task: Task, strategy: Strategy,
+                 callbacks: Sequence[Callback]) -> None:
+        self.scenario, self.grid, self.task, self.callbacks = scenario, grid, task, callbacks
+        self.records: list[dict[str, Any]] = []
+        self._train: dict[str, float] = {}
+        self._federated: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._model = task.make_model()
+        self._test = task.test_data(None)
+        aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+
+        def train_hook(server_round: int, replies: Any) -> Any:
+            arrays, metrics = aggregate_train(server_round, replies)
+            self._train = _floats(metrics)
+            return arrays, metrics
+
+        def evaluate_hook(server_round: int, replies: Any) -> Any:
+            metrics = aggregate_evaluate(server_round, replies)
+            self._federated = _floats(metrics)
+            return metrics
+
+        strategy.aggregate_train = train_hook  # type: ignore[method-assign]
+        strategy.aggregate_evaluate = evaluate_hook  # type: ignore[method-assign]
+
+    def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        record: dict[str, Any] = {"round": server_round}
+        if isinstance(self.grid, SimGrid):
+            record["virtual_time_s"] = float(self.grid.now)
+            if server_round > 0:
+                record.update(self.grid.end_round().as_metrics())
+        record["wall_time_s"] = round(time.perf_counter() - self._started, 4)
+        every = self.scenario.evaluation.centralized_every
+        evaluated: dict[str, float] = {}
+        if every and (server_round % every == 0 or server_round == self.scenario.rounds):
+            evaluated = self.task.evaluate(arrays_to_model(self._model, arrays), self._test)
+            record.update(evaluated)
+        record.update({k if k.startswith("train_") else f"train_{k}": v
+                       for k, v in self._train.items() if k != WORK_KEY})
+        record.update({f"federated_{k}": v for k, v in self._federated.items()})
+        self._train, self._federated = {}, {}
+        if any(not math.isfinite(v) for v in evaluated.values()):
+            raise Diverged(f"round {server_round}: the global model's loss is not finite "
+                           f"({evaluated}); strategy {self.scenario.strategy.name!r} diverged")
+        self.records.append(record)
+        for callback in self.callbacks:
+            callback.on_round_end(record)
+        return MetricRecord(evaluated) if evaluated else None
+
+    def summary(self) -> dict[str, Any]:
+        last = self.records[-1] if self.records else {}
+        accuracies = [r["accuracy"] for r in self.records if "accuracy" in r]
+        out: dict[str, Any] = {
+            "name": self.scenario.name, "strategy": self.scenario.strategy.name,
+            "seed": self.scenario.seed, "rounds": last.get("round", 0),
+            "wall_time_s": last.get("wall_time_s"),
+        }
+        if "virtual_time_s" in last:
+            out["virtual_time_s"] = last["virtual_time_s"]
+        for key in ("bytes_up", "bytes_down", "stragglers", "failures"):
+            out[f"total_{key}"] = sum(r.get(key, 0) for r in self.records)
+        for key in ("accuracy", "loss"):
+            if key in last:
+                out[f"final_{key}"] = last[key]
+        if accuracies:
+            out["best_accuracy"] = max(accuracies)
+        return out
+
+
+def _floats(metrics: MetricRecord | None) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+@contextlib.contextmanager
+def flower_log_to(path: Path | None) -> Iterator[None]:
+    """Send Flower's (chatty) INFO logging to the run's log file, not the terminal."""
+    logger = logging.getLogger("flwr")
+    saved = logger.handlers[:]
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.handlers = [handler]
+    try:
+        yield
+    finally:
+        handler.close()
+        logger.handlers = saved
+
+
+@contextlib.contextmanager
+def _no_waiting_for_nodes() -> Iterator[None]:
+    """Turn Flower's wall-clock wait for more nodes into an error.
+
+    In virtual time no node comes online while the server sleeps, so the wait
+    would never end. The message names the parameters that cause it.
+    """
+
+    def refuse(_seconds: float) -> None:
+        raise RunStalled("the strategy waits for more online nodes than there are; lower "
+                         "strategy.params.min_available_nodes / min_train_nodes / "
+                         "min_evaluate_nodes, or make more devices available")
+
+    saved = strategy_utils.sleep
+    strategy_utils.sleep = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        strategy_utils.sleep = saved  # type: ignore[assignment]

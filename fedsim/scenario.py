@@ -1,0 +1,366 @@
+"""Scenario files: the pydantic schema, loading, overrides and one-line errors.
+
+A scenario declares everything a run needs: task and data split, the device
+population and its links, the strategy and its hyperparameters, rounds and
+deadline, the execution backend and where results go. Unknown keys are errors
+everywhere, and every error names the field path and what is allowed, so a
+typo costs seconds, not a run.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ScenarioError(ValueError):
+    """A scenario problem, reported as one line naming the field and the fix."""
+
+
+class Spec(BaseModel):
+    """Base of every scenario section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- devices
+
+
+class LogNormal(Spec):
+    """Log-normal values: `median` and `sigma` of the underlying normal."""
+
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0)
+    sigma: float = Field(ge=0)
+
+
+class Uniform(Spec):
+    dist: Literal["uniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+Distribution = Annotated[LogNormal | Uniform, Field(discriminator="dist")]
+
+
+class AlwaysOn(Spec):
+    kind: Literal["always"] = "always"
+
+
+class BernoulliAvailability(Spec):
+    """Available in each round independently with probability `p`."""
+
+    kind: Literal["bernoulli"]
+    p: float = Field(ge=0, le=1)
+
+
+class MarkovAvailability(Spec):
+    """Two-state on/off chain with stationary on-probability `p` (FedAU's model).
+
+    P(off->on) = q and P(on->off) = q (1/p - 1); both are scaled down together
+    when the latter would exceed 1. The first round's state is Bernoulli(p).
+    """
+
+    kind: Literal["markov"]
+    p: float = Field(gt=0, le=1)
+    q: float = Field(gt=0, le=1)
+
+
+class CyclicAvailability(Spec):
+    """On for max(1, round(period p)) rounds, then off, with a random phase per device."""
+
+    kind: Literal["cyclic"]
+    period: int = Field(ge=1)
+    p: float = Field(gt=0, le=1)
+
+
+Availability = Annotated[
+    AlwaysOn | BernoulliAvailability | MarkovAvailability | CyclicAvailability,
+    Field(discriminator="kind"),
+]
+
+
+class NoStraggling(Spec):
+    kind: Literal["none"] = "none"
+
+
+class IidStraggling(Spec):
+    """Each job is slowed by `slowdown` with probability `p`, independently."""
+
+    kind: Literal["iid"]
+    p: float = Field(ge=0, le=1)
+    slowdown: float = Field(ge=1)
+
+
+class GilbertElliottStraggling(Spec):
+    """Bursty slowdowns: a per-device good/bad chain stepped once per round."""
+
+    kind: Literal["gilbert_elliott"]
+    p_enter: float = Field(ge=0, le=1, description="P(good -> bad) per round")
+    p_exit: float = Field(gt=0, le=1, description="P(bad -> good) per round")
+    slowdown: float = Field(ge=1)
+
+
+Straggling = Annotated[
+    NoStraggling | IidStraggling | GilbertElliottStraggling, Field(discriminator="kind")
+]
+
+
+class LinkSpec(Spec):
+    """One direction of a link. `bandwidth_mbps: null` means unlimited."""
+
+    bandwidth_mbps: float | None = Field(default=None, gt=0)
+    latency_s: float = Field(default=0.0, ge=0)
+    noise_sigma: float = Field(default=0.0, ge=0, description="std of additive Gaussian noise")
+    erasure_p: float = Field(default=0.0, ge=0, le=1, description="probability a message is lost")
+
+
+class ChannelSpec(Spec):
+    uplink: LinkSpec = LinkSpec()
+    downlink: LinkSpec = LinkSpec()
+
+
+class DeviceTier(Spec):
+    """A kind of device and the share of the population that has it."""
+
+    name: str = "device"
+    share: float = Field(default=1.0, gt=0)
+    speed: float | Distribution = Field(default=1000.0, description="samples per second")
+    availability: Availability = AlwaysOn()
+    straggling: Straggling = NoStraggling()
+    dropout_p: float = Field(default=0.0, ge=0, le=1, description="P(job abandoned midway)")
+    uplink: LinkSpec | None = None
+    downlink: LinkSpec | None = None
+
+    @model_validator(mode="after")
+    def _positive_speed(self) -> DeviceTier:
+        if isinstance(self.speed, int | float) and self.speed <= 0:
+            raise ValueError(f"speed must be > 0 samples/s, got {self.speed}")
+        return self
+
+
+class ClientsSpec(Spec):
+    count: int = Field(ge=1)
+    devices: list[DeviceTier] = Field(default_factory=lambda: [DeviceTier()], min_length=1)
+
+
+# ---------------------------------------------------------------- task, training
+
+
+class PartitionSpec(Spec):
+    """How the training set is split over clients.
+
+    `dirichlet` is flwr-datasets' DirichletPartitioner: for each label, the
+    shares of the clients are drawn from Dir(alpha) (sizes differ per client).
+    """
+
+    kind: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = Field(default=0.5, gt=0)
+    shards_per_client: int = Field(default=2, ge=1)
+    min_partition_size: int = Field(default=2, ge=0)
+
+
+class TaskSpec(Spec):
+    name: str = "digits"
+    model: str | None = None
+    partition: PartitionSpec = PartitionSpec()
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSpec(Spec):
+    """Local training hyperparameters sent to clients in every train message."""
+
+    lr: float = Field(default=0.05, gt=0)
+    local_epochs: int = Field(default=1, ge=0)
+    local_steps: int = Field(default=0, ge=0, description="if > 0, overrides local_epochs")
+    batch_size: int = Field(default=32, ge=1)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class StrategySpec(Spec):
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackendSpec(Spec):
+    kind: Literal["ray", "inline"] = "ray"
+    num_actors: int | None = Field(default=None, ge=1, description="default: one per CPU")
+    address: str | None = Field(default=None, description="join this Ray cluster")
+    actor_cpus: float = Field(default=1.0, gt=0)
+
+
+class EvaluationSpec(Spec):
+    centralized_every: int = Field(default=1, ge=0, description="0 = never")
+    federated_fraction: float = Field(default=0.0, ge=0, le=1)
+
+
+class OutputSpec(Spec):
+    dir: Path = Path("runs")
+    plots: bool = True
+
+
+class Scenario(Spec):
+    name: str = Field(min_length=1)
+    seed: int = Field(default=0, ge=0)
+    rounds: int = Field(ge=1)
+    deadline_s: float | None = Field(default=None, gt=0, description="virtual seconds per round")
+    task: TaskSpec = TaskSpec()
+    training: TrainingSpec = TrainingSpec()
+    clients: ClientsSpec
+    channel: ChannelSpec = ChannelSpec()
+    strategy: StrategySpec = StrategySpec()
+    backend: BackendSpec = BackendSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec = OutputSpec()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested dicts (list items by index), creating dicts as needed."""
+    *parents, last = dotted.split(".")
+    node: Any = data
+    for part in parents:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if not isinstance(node.get(part), dict | list):
+            node[part] = {}
+        node = node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b=value` overrides; values are parsed as YAML (numbers, lists...)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=5")
+        try:
+            set_path(data, key.strip(), yaml.safe_load(raw))
+        except (IndexError, ValueError, TypeError, AttributeError) as exc:
+            raise ScenarioError(f"--set {item!r}: cannot set {key.strip()}: {exc}") from None
+    return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ScenarioError(f"{path}: file not found (give the path to a scenario YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", exc)
+        raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario must be a YAML mapping of keys to values")
+    return data
+
+
+def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping, including the strategy's and task's own parameters."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {describe_error(exc, Scenario)}") from None
+    from fedsim.tasks import validate_task_spec  # the registries import this module
+    from strategies import validate_strategy_spec
+
+    for check in (validate_task_spec, validate_strategy_spec):
+        try:
+            check(scenario)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{source}: {exc}") from None
+    return scenario
+
+
+def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scenario:
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides or [])
+    return parse_scenario(data, source=str(path))
+
+
+def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
+    return scenario.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
+    """Field names allowed at `loc` (pydantic's error location), best effort."""
+    node: Any = model
+    for part in loc:
+        node = _descend(node, part)
+        if node is None:
+            return None
+    node = _unwrap(node, None)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return None
+
+
+def _unwrap(tp: Any, tag: int | str | None) -> Any:
+    """Strip Annotated/Optional; pick the union member whose discriminator is `tag`."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    args = typing.get_args(tp)
+    if args and typing.get_origin(tp) in (typing.Union, types.UnionType):
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        for member in models:
+            for field in member.model_fields.values():
+                literal = typing.get_args(field.annotation)
+                if typing.get_origin(field.annotation) is Literal and tag in literal:
+                    return member
+        return models[0] if len(models) == 1 else None
+    return tp
+
+
+def _descend(node: Any, part: int | str) -> Any:
+    node = _unwrap(node, part)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        if isinstance(part, str) and part in node.model_fields:
+            return node.model_fields[part].annotation
+        return node  # a discriminator tag in the location: stay on the member
+    origin = typing.get_origin(node)
+    if origin in (list, dict) and typing.get_args(node):
+        return typing.get_args(node)[-1]
+    return None
+
+
+def describe_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line for a pydantic error: field path, what is wrong, what is allowed."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(err["loc"])
+    path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        line = f"{path}: unknown key{hint}"
+    elif err["type"] == "missing":
+        line = f"{path}: required field is missing"
+    else:
+        got = err.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+        line = f"{path}: {err['msg']}{shown}"
+    if len(errors) > 1:
+        line += f" [and {len(errors) - 1} more problem(s)]"
+    return line

@@ -1,0 +1,120 @@
+"""Tasks: a model, data shards per client, a loss and an evaluation.
+
+Strategies' client halves talk to a task only through `Task`, never to a
+concrete dataset, so every algorithm runs on every task that fits it. Tasks are
+registered by name for scenarios (`task.name`); each validates its own
+`task.params` with a pydantic model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fedsim.scenario import Scenario, ScenarioError, TaskSpec, describe_error
+
+
+class TaskParams(BaseModel):
+    """Base of a task's own parameters (`task.params`); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Tensors of one split: inputs `x` and targets `y` (first dimension: samples)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Task(ABC):
+    """A learning problem split over `num_clients` clients."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    models: ClassVar[tuple[str, ...]]
+    Params: ClassVar[type[TaskParams]] = TaskParams
+
+    def __init__(self, spec: TaskSpec, num_clients: int, seed: int) -> None:
+        self.spec = spec
+        self.model_name = spec.model or self.models[0]
+        self.params = self.Params.model_validate(spec.params)
+        self.num_clients = num_clients
+        self.seed = seed
+
+    @abstractmethod
+    def make_model(self) -> torch.nn.Module:
+        """A freshly initialised model (the caller seeds torch)."""
+
+    @abstractmethod
+    def train_data(self, partition_id: int) -> Dataset:
+        """The training shard of one client."""
+
+    @abstractmethod
+    def test_data(self, partition_id: int | None = None) -> Dataset:
+        """A client's held-out data, or the server's test set for `None`."""
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+        """Loss and accuracy of `model` on `data`."""
+        model.eval()
+        logits = model(data.x)
+        loss = torch.nn.functional.cross_entropy(logits, data.y).item()
+        accuracy = (logits.argmax(dim=1) == data.y).float().mean().item()
+        return {"loss": loss, "accuracy": accuracy}
+
+
+def _registry() -> dict[str, type[Task]]:
+    from fedsim.tasks.digits import DigitsTask
+    from fedsim.tasks.quadratic import QuadraticTask
+
+    return {t.name: t for t in (DigitsTask, QuadraticTask)}
+
+
+def task_names() -> list[str]:
+    return sorted(_registry())
+
+
+def validate_task_spec(scenario: Scenario) -> None:
+    """Check `task.name`, `task.model` and `task.params` of a scenario."""
+    spec = scenario.task
+    registry = _registry()
+    if spec.name not in registry:
+        raise ScenarioError(f"task.name: unknown task {spec.name!r} "
+                            f"(available: {', '.join(sorted(registry))})")
+    task = registry[spec.name]
+    if spec.model is not None and spec.model not in task.models:
+        raise ScenarioError(f"task.model: {spec.model!r} is not a model of task {spec.name!r} "
+                            f"(available: {', '.join(task.models)})")
+    try:
+        make_task(scenario)  # cheap: tasks load data lazily; checks params against the run
+    except ValidationError as exc:
+        raise ScenarioError(describe_error(exc, task.Params, prefix="task.params.")) from None
+
+
+def make_task(scenario: Scenario) -> Task:
+    return _registry()[scenario.task.name](scenario.task, scenario.clients.count, scenario.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def task_from_json(scenario_json: str) -> Task:
+    """The task of a serialised scenario, built once per process (workers, ClientApp)."""
+    scenario = Scenario.model_validate(json.loads(scenario_json))
+    return make_task(scenario)
+
+
+def task_from_run_config(run_config: dict[str, Any]) -> Task:
+    return task_from_json(str(run_config["scenario-json"]))

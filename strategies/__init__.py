@@ -1,0 +1,84 @@
+"""Federated algorithms as Flower strategies, each with its client half.
+
+A strategy module declares one or more `StrategyInfo`s in a module-level
+`STRATEGIES` tuple: a name for scenarios, a one-line summary for
+`fedsim strategies`, a pydantic model of its hyperparameters, a builder, and
+the client actions it adds to the project's ClientApp. Modules are listed in
+`_MODULES`; that list is the whole registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import Context, Message
+from pydantic import BaseModel, ValidationError
+
+from fedsim.scenario import Scenario, ScenarioError, describe_error
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
+
+    from fedsim.devices import DevicePopulation
+
+ClientFn = Callable[[Message, Context], Message]
+
+_MODULES = ("strategies.flower",)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use besides its parameters."""
+
+    scenario: Scenario
+    num_nodes: int
+    devices: DevicePopulation | None = None  # None on a deployed grid
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    name: str
+    summary: str
+    Params: type[BaseModel]
+    build: Callable[[Any, BuildContext], Strategy]
+    client_actions: Mapping[str, ClientFn] = field(default_factory=dict)
+
+
+def registry() -> dict[str, StrategyInfo]:
+    infos: dict[str, StrategyInfo] = {}
+    for module in _MODULES:
+        for info in importlib.import_module(module).STRATEGIES:
+            infos[info.name] = info
+    return infos
+
+
+def client_actions() -> dict[str, ClientFn]:
+    """Every strategy's client actions by message type, e.g. `train.fedspeed`."""
+    actions: dict[str, ClientFn] = {}
+    for info in registry().values():
+        actions.update(info.client_actions)
+    return actions
+
+
+def strategy_info(name: str) -> StrategyInfo:
+    infos = registry()
+    if name not in infos:
+        raise ScenarioError(f"strategy.name: unknown strategy {name!r} "
+                            f"(available: {', '.join(sorted(infos))}; see `fedsim strategies`)")
+    return infos[name]
+
+
+def validate_strategy_spec(scenario: Scenario) -> None:
+    info = strategy_info(scenario.strategy.name)
+    try:
+        info.Params.model_validate(scenario.strategy.params)
+    except ValidationError as exc:
+        raise ScenarioError(describe_error(exc, info.Params, prefix="strategy.params.")) from None
+
+
+def build_strategy(scenario: Scenario, context: BuildContext) -> Strategy:
+    info = strategy_info(scenario.strategy.name)
+    return info.build(info.Params.model_validate(scenario.strategy.params), context)
