@@ -1,0 +1,120 @@
+"""Gossip (mixing) matrices, their spectral gap, and gossip itself.
+
+DFedSAM (part A §5(b)) needs W symmetric and doubly stochastic with w_ij > 0 only on
+edges and the diagonal: then one gossip step X ← W X keeps the network average
+exactly, and the disagreement shrinks at least by λ = max(|λ_2(W)|, |λ_m(W)|) per step,
+so Q steps (DFedSAM-MGS) act like one step of W^Q with gap 1 − λ^Q.
+Rows of X are node vectors (node i's model, flattened).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import networkx as nx
+import numpy as np
+
+from topologies.graphs import TopologyError
+
+MixingKind = Literal["metropolis_hastings", "max_degree"]
+
+
+def _adjacency(G: nx.Graph) -> np.ndarray:
+    """0/1 adjacency with row i for node i; edge weights are ignored."""
+    num_nodes = G.number_of_nodes()
+    if set(G.nodes) != set(range(num_nodes)):
+        raise TopologyError("a mixing matrix needs the graph's nodes to be 0..m-1")
+    if nx.number_of_selfloops(G):
+        raise TopologyError("a mixing matrix needs a graph without self-loops")
+    return nx.to_numpy_array(G, nodelist=range(num_nodes), weight=None)
+
+
+def _with_diagonal(off_diagonal: np.ndarray) -> np.ndarray:
+    """Put on the diagonal what each row lacks of 1 (w_ii = 1 − Σ_{j≠i} w_ij)."""
+    W = off_diagonal.copy()
+    np.fill_diagonal(W, 1.0 - off_diagonal.sum(axis=1))
+    return W
+
+
+def metropolis_hastings(G: nx.Graph) -> np.ndarray:
+    """w_ij = 1/(1 + max(deg i, deg j)) on edges, w_ii = 1 − Σ_{j≠i} w_ij (the default).
+
+    Symmetric and doubly stochastic on any undirected graph, using only the degrees of
+    the two endpoints, so each node can compute its own row from its neighbours.
+    """
+    A = _adjacency(G)
+    degree = A.sum(axis=1)
+    return _with_diagonal(A / (1.0 + np.maximum.outer(degree, degree)))
+
+
+def max_degree(G: nx.Graph) -> np.ndarray:
+    """Uniform weights w_ij = 1/(1 + d_max) on edges; needs the global maximum degree."""
+    A = _adjacency(G)
+    return _with_diagonal(A / (1.0 + A.sum(axis=1).max(initial=0.0)))
+
+
+def mixing_matrix(G: nx.Graph, kind: MixingKind = "metropolis_hastings") -> np.ndarray:
+    """The gossip matrix of `kind` on G."""
+    if kind == "metropolis_hastings":
+        return metropolis_hastings(G)
+    if kind == "max_degree":
+        return max_degree(G)
+    raise TopologyError(
+        f"unknown mixing matrix kind {kind!r}; use 'metropolis_hastings' or 'max_degree'"
+    )
+
+
+def check_mixing_matrix(W: np.ndarray, atol: float = 1e-10) -> None:
+    """Reject a W that would not keep the network average: not square, symmetric,
+    non-negative and doubly stochastic (part A §5(f) 5)."""
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise TopologyError(f"mixing matrix must be square, got shape {W.shape}")
+    if W.min(initial=0.0) < -atol:
+        raise TopologyError(f"mixing matrix has a negative entry {W.min():.3g}")
+    if not np.allclose(W, W.T, rtol=0.0, atol=atol):
+        raise TopologyError("mixing matrix is not symmetric")
+    for axis, what in ((1, "row"), (0, "column")):
+        sums = W.sum(axis=axis)
+        if not np.allclose(sums, 1.0, rtol=0.0, atol=atol):
+            worst = sums[np.argmax(np.abs(sums - 1.0))]
+            raise TopologyError(
+                f"mixing matrix is not doubly stochastic: a {what} sums to {worst:.6g}, not 1"
+            )
+
+
+def mixing_lambda(W: np.ndarray) -> float:
+    """λ = max(|λ_2|, |λ_m|) of a symmetric W: the per-step contraction of disagreement.
+
+    1 on a disconnected graph (λ_2 = 1) or a bipartite-like W with eigenvalue −1.
+    """
+    eigenvalues = np.linalg.eigvalsh(W)  # ascending
+    if eigenvalues.size < 2:
+        return 0.0
+    return float(max(abs(eigenvalues[-2]), abs(eigenvalues[0])))
+
+
+def spectral_gap(W: np.ndarray) -> float:
+    """1 − λ: the larger, the fewer gossip steps to consensus (it enters the rates as 1/(1−λ)²)."""
+    return 1.0 - mixing_lambda(W)
+
+
+def gossip(X: np.ndarray, W: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` synchronous gossip steps X ← W X (rows of X are node vectors).
+
+    Repeated multiplication rather than W^steps, as the nodes would do it.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if X.shape[0] != W.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but W is {W.shape[0]} x {W.shape[1]}")
+    mixed = np.array(X, dtype=float)
+    for _ in range(steps):
+        mixed = W @ mixed
+    return mixed
+
+
+def consensus_distance(X: np.ndarray) -> float:
+    """(1/m) Σ_i ‖x_i − x̄‖²: how far the node models are from agreeing."""
+    X = np.asarray(X, dtype=float)
+    rows = X.reshape(X.shape[0], -1)
+    return float(np.mean(np.sum((rows - rows.mean(axis=0)) ** 2, axis=1)))
