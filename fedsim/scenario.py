@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from topologies import TopologySpec
+
 
 class ScenarioError(ValueError):
     """A scenario problem, reported as one line naming the field and the fix."""
@@ -224,6 +226,7 @@ class Scenario(Spec):
     backend: BackendSpec = BackendSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
+    topology: TopologySpec | None = Field(default=None, description="for decentralized strategies")
 
 
 # ---------------------------------------------------------------- loading

@@ -3,13 +3,15 @@
 A strategy module declares one or more `StrategyInfo`s in a module-level
 `STRATEGIES` tuple: a name for scenarios, a one-line summary for
 `fedsim strategies`, a pydantic model of its hyperparameters, a builder, and
-the client actions it adds to the project's ClientApp. Modules are listed in
-`_MODULES`; that list is the whole registry.
+the client actions it adds to the project's ClientApp. Every module of this
+package that has `STRATEGIES` is registered; there is no list to edit.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,8 +27,6 @@ if TYPE_CHECKING:
     from fedsim.devices import DevicePopulation
 
 ClientFn = Callable[[Message, Context], Message]
-
-_MODULES = ("strategies.flower",)
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,15 @@ class StrategyInfo:
     client_actions: Mapping[str, ClientFn] = field(default_factory=dict)
 
 
+@functools.cache
 def registry() -> dict[str, StrategyInfo]:
+    """Every strategy of every module in this package, by name."""
     infos: dict[str, StrategyInfo] = {}
-    for module in _MODULES:
-        for info in importlib.import_module(module).STRATEGIES:
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for info in getattr(module, "STRATEGIES", ()):
+            if info.name in infos:
+                raise RuntimeError(f"two strategies are named {info.name!r}")
             infos[info.name] = info
     return infos
 

@@ -2,14 +2,17 @@
 
 Strategies' client halves talk to a task only through `Task`, never to a
 concrete dataset, so every algorithm runs on every task that fits it. Tasks are
-registered by name for scenarios (`task.name`); each validates its own
-`task.params` with a pydantic model.
+registered by name for scenarios (`task.name`): every module of this package
+lists its tasks in a `TASKS` tuple. Each validates its own `task.params` with a
+pydantic model.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -77,11 +80,15 @@ class Task(ABC):
         return {"loss": loss, "accuracy": accuracy}
 
 
+@functools.cache
 def _registry() -> dict[str, type[Task]]:
-    from fedsim.tasks.digits import DigitsTask
-    from fedsim.tasks.quadratic import QuadraticTask
-
-    return {t.name: t for t in (DigitsTask, QuadraticTask)}
+    """Every task class listed in a `TASKS` tuple of a module of this package."""
+    tasks: dict[str, type[Task]] = {}
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for task in getattr(module, "TASKS", ()):
+            tasks[task.name] = task
+    return tasks
 
 
 def task_names() -> list[str]:

@@ -91,3 +91,6 @@ class DigitsTask(Task):
             return self._dataset(x_test, y_test)
         index = self._split(partition_id)[1]
         return self._dataset(x[index], y[index])
+
+
+TASKS = (DigitsTask,)

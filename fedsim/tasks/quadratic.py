@@ -82,3 +82,6 @@ class QuadraticTask(Task):
         optimum = (a * c).sum(dim=0) / a.sum()
         return {"loss": self.loss(model, data.x, data.y).item(),
                 "distance": (model.x - optimum).norm().item()}
+
+
+TASKS = (QuadraticTask,)

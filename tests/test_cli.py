@@ -1,0 +1,95 @@
+"""The command line: bad input is one line naming the field, exit code 2; shipped files validate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedsim.cli import app
+from fedsim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
+runner = CliRunner()
+
+MALFORMED = [
+    # (override or file content, the field the message must name)
+    (["clients.devcies=3"], "clients.devcies"),
+    (["rounds=many"], "rounds"),
+    (["clients.count=-5"], "clients.count"),
+    (["channel.uplink.erasure_p=1.5"], "channel.uplink.erasure_p"),
+    (["channel.uplink.noise_sigma=-0.1"], "channel.uplink.noise_sigma"),
+    (["strategy.name=fedfoo"], "strategy.name"),
+    (["strategy.params.fraction_trian=0.5"], "strategy.params.fraction_trian"),
+    (["task.name=imagenet"], "task.name"),
+    (["clients.devices.0.speed={dist: lognormal, median: -1, sigma: 1}"],
+     "clients.devices.0.speed"),
+    (["training.lr=0"], "training.lr"),
+    (["backend.kind=gpu"], "backend.kind"),
+    (["clients.devices.1.availability={kind: bernoulli, p: 2}"],
+     "clients.devices.1.availability.bernoulli.p"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), MALFORMED)
+def test_malformed_scenario_exits_2_with_one_line_naming_the_field(overrides, field):
+    args = ["validate", str(QUICKSTART)]
+    for item in overrides:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert field in lines[0]
+
+
+def test_missing_file_and_broken_yaml_exit_2(tmp_path):
+    missing = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "file not found" in missing.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nrounds: [1, 2\n")
+    result = runner.invoke(app, ["validate", str(broken)])
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+def test_unknown_key_lists_the_allowed_ones():
+    result = runner.invoke(app, ["validate", str(QUICKSTART), "--set", "channel.uplnk.x=1"])
+    assert result.exit_code == 2
+    assert "allowed: uplink, downlink" in result.output
+
+
+def scenario_files() -> list[Path]:
+    return sorted(p for p in (ROOT / "scenarios").rglob("*.yaml") if "sweeps" not in p.parts)
+
+
+@pytest.mark.parametrize("path", scenario_files(), ids=lambda p: p.name)
+def test_every_shipped_scenario_validates(path):
+    load_scenario(path)
+
+
+def test_run_writes_metrics_summary_and_plot(tmp_path):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data.update(rounds=2, backend={"kind": "inline"})
+    data["clients"]["count"] = 8
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_accuracy"] == records[-1]["accuracy"]
+    assert (out / "accuracy.png").stat().st_size > 0
+    assert yaml.safe_load((out / "resolved.yaml").read_text())["rounds"] == 2
+
+
+def test_strategies_lists_flower_builtins():
+    result = runner.invoke(app, ["strategies"])
+    assert result.exit_code == 0
+    for name in ("fedavg", "fedprox", "fedadam", "krum"):
+        assert name in result.output
