@@ -8,8 +8,9 @@ their client halves to `client_app` as named actions (`train.fedspeed`, ...).
 from __future__ import annotations
 
 from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 
-from fedsim import client
+from fedsim import client, deploy
 from strategies import client_actions
 
 client_app = ClientApp()
@@ -18,3 +19,6 @@ client_app.evaluate()(client.evaluate)
 for _message_type, _function in client_actions().items():
     _category, _action = _message_type.split(".")
     getattr(client_app, _category)(_action)(_function)
+
+server_app = ServerApp()
+server_app.main()(deploy.serve)

@@ -15,7 +15,9 @@ from fedsim.training import TrainConfig, arrays_to_model, local_sgd, model_to_ar
 
 def client_task(context: Context) -> tuple[Task, int]:
     """The task and this node's partition id, from the run and node configs."""
-    return task_from_run_config(context.run_config), int(context.node_config["partition-id"])
+    config = context.node_config
+    task = task_from_run_config(context.run_config, int(config["num-partitions"]))
+    return task, int(config["partition-id"])
 
 
 def reply(message: Message, arrays: ArrayRecord | None = None, **metrics: float) -> Message:

@@ -74,32 +74,32 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     """Run a scenario on simulated devices in virtual time."""
     torch.set_num_threads(1)  # the same float results whatever the backend
     task = make_task(scenario)
-    devices = DevicePopulation(scenario.clients, scenario.seed)
+    devices = DevicePopulation(scenario.clients, scenario.seed,
+                               labels=lambda i: task.train_data(i).y)  # for label-correlated p
     backend = scenario.backend
     spec = WorkerSpec(CLIENT_APP, RUN_ID, scenario.clients.count, run_config(scenario))
     pool = make_pool(backend.kind, spec, backend.num_actors, backend.actor_cpus, backend.address)
     try:
         grid = SimGrid(pool, devices, scenario.channel, scenario.seed, Run.create_empty(RUN_ID))
-        return execute(scenario, grid, task, callbacks, devices=devices, log_file=log_file)
+        with _no_waiting_for_nodes(), flower_log_to(log_file):
+            return execute(scenario, grid, task, callbacks, devices=devices)
     finally:
         pool.shutdown()
 
 
 def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Callback] = (),
-            devices: DevicePopulation | None = None, log_file: Path | None = None) -> RunResult:
+            devices: DevicePopulation | None = None) -> RunResult:
     """Run the scenario's strategy on `grid` (simulated or deployed)."""
     random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
     for callback in callbacks:
         callback.on_run_start(scenario)
-    with flower_log_to(log_file), _no_waiting_for_nodes():
-        context = BuildContext(scenario, scenario.clients.count, devices)
-        strategy = build_strategy(scenario, context)
-        recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks)
-        result = strategy.start(
-            grid, initial_arrays(task, scenario.seed), num_rounds=scenario.rounds,
-            timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
-            train_config=train_config(scenario),
-            evaluate_config=ConfigRecord(), evaluate_fn=recorder.end_of_round)
+    strategy = build_strategy(scenario, BuildContext(scenario, scenario.clients.count, devices))
+    recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks)
+    result = strategy.start(
+        grid, initial_arrays(task, scenario.seed), num_rounds=scenario.rounds,
+        timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
+        train_config=train_config(scenario),
+        evaluate_config=ConfigRecord(), evaluate_fn=recorder.end_of_round)
     run = RunResult(scenario, recorder.records, result.arrays, recorder.summary())
     for callback in callbacks:
         callback.on_run_end(run.summary, run.arrays)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fedsim.scenario import Scenario, ScenarioError, TaskSpec, describe_error
+from fedsim.scenario import Scenario, ScenarioError, TaskSpec, describe_error, scenario_to_dict
 
 
 class TaskParams(BaseModel):
@@ -117,11 +117,22 @@ def make_task(scenario: Scenario) -> Task:
 
 
 @functools.lru_cache(maxsize=4)
-def task_from_json(scenario_json: str) -> Task:
-    """The task of a serialised scenario, built once per process (workers, ClientApp)."""
+def _cached_task(scenario_json: str, num_partitions: int) -> Task:
     scenario = Scenario.model_validate(json.loads(scenario_json))
-    return make_task(scenario)
+    return _registry()[scenario.task.name](scenario.task, num_partitions, scenario.seed)
 
 
-def task_from_run_config(run_config: dict[str, Any]) -> Task:
-    return task_from_json(str(run_config["scenario-json"]))
+def task_from_run_config(run_config: dict[str, Any], num_partitions: int) -> Task:
+    """The task of a run, built once per process and number of partitions.
+
+    The simulator passes the resolved scenario as JSON (`scenario-json`); a
+    deployed app passes the path of a scenario file (`scenario`, from
+    `[tool.flwr.app.config]` or `flwr run -c`). On a device, the number of
+    partitions comes from the node's `--node-config`.
+    """
+    if "scenario-json" in run_config:
+        return _cached_task(str(run_config["scenario-json"]), num_partitions)
+    from fedsim.deploy import scenario_from_run_config
+
+    scenario = scenario_from_run_config(run_config)
+    return _cached_task(json.dumps(scenario_to_dict(scenario)), num_partitions)
