@@ -1,0 +1,156 @@
+"""FedFix-Δt, asynchronous FedAvg, FedBuff: spec part-a §1(f) on the 3-client scalar problem.
+
+Clients F_i(θ) = ½(θ − c_i)², c = (0, 1, 2) (true optimum 1.0), job times τ = (1.0, 0.6, 0.2)
+virtual seconds (device speed 1/τ_i samples/s, one sample per local step, ideal links),
+K = 1, η_l = 0.01, η_g = 1, θ0 = 0. Fixed points are the time-weighted mean of θ over the
+last quarter of the virtual-time budget T. The spec used T = 1500-2000; here T is the
+smallest budget where the scheme has converged (time constants: Async ≈ 13 s, FedFix-0.5
+weight ≈ 50 s, FL ≈ 100 s), since every server step is a real simulated client job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.devices import DevicePopulation
+from fedsim.runner import simulate
+from fedsim.tasks.quadratic import QuadraticTask
+from strategies import BuildContext, build_strategy
+from tests.conftest import quadratic
+
+CENTERS = [0.0, 1.0, 2.0]
+TAUS = (1.0, 0.6, 0.2)
+TRAINING = {"lr": 0.01, "local_steps": 1, "batch_size": 1}
+
+
+@pytest.fixture(autouse=True)
+def record_theta(monkeypatch):
+    """Central evaluation also reports θ itself (the quadratic task reports only |θ − 1|)."""
+    evaluate = QuadraticTask.evaluate
+
+    def with_theta(self, model, data):
+        return {**evaluate(self, model, data), "theta": float(model.x.detach()[0])}
+
+    monkeypatch.setattr(QuadraticTask, "evaluate", with_theta)
+
+
+def _scenario(strategy: str, params: dict, taus=TAUS, rounds: int = 100_000):
+    """Three single-device tiers whose speeds give partition i the job time taus[i]."""
+    probe = quadratic(CENTERS, clients={"count": 3, "devices": [
+        {"name": f"t{t}", "share": 1} for t in range(3)]})
+    tier_of = list(DevicePopulation(probe.clients, probe.seed).tier_of)  # shuffled by seed
+    tiers = [{"name": f"t{t}", "share": 1, "speed": 1.0 / taus[tier_of.index(t)]}
+             for t in range(3)]
+    return quadratic(CENTERS, rounds=rounds, training=TRAINING,
+                     clients={"count": 3, "devices": tiers},
+                     strategy={"name": strategy, "params": params})
+
+
+def _stationary(strategy: str, budget_s: float, **params) -> float:
+    """Time-weighted mean of θ over the last quarter of [0, budget_s]."""
+    records = simulate(_scenario(strategy, {**params, "time_budget_s": budget_s})).records
+    return _time_average(records, budget_s)
+
+
+def _time_average(records: list[dict], budget_s: float) -> float:
+    t = np.array([r["virtual_time_s"] for r in records])
+    theta = np.array([r["theta"] for r in records])
+    ends = np.minimum(np.append(t[1:], budget_s), budget_s)
+    held = np.clip(ends - np.maximum(t, 0.75 * budget_s), 0, None)
+    return float((held * theta).sum() / held.sum())
+
+
+def test_job_times_come_from_the_devices():
+    strategy = build_strategy(_scenario("fedfix", {}), _context(_scenario("fedfix", {})))
+    np.testing.assert_allclose(strategy.expected_job_times, TAUS)
+
+
+def _context(s):
+    return BuildContext(s, s.clients.count, DevicePopulation(s.clients, s.seed))
+
+
+def test_fedfix_weight_scales_by_ceil_tau_over_period_and_without_it_is_the_biased_weight():
+    s = _scenario("fedfix", {"period_s": 0.5})
+    with_ceil = build_strategy(s, _context(s))
+    with_ceil._num_nodes = 3
+    assert [with_ceil.design_weight(i) for i in range(3)] == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+    s = _scenario("fedfix", {"period_s": 0.5, "ceil_factor": False})
+    without = build_strategy(s, _context(s))
+    without._num_nodes = 3
+    assert [without.design_weight(i) for i in range(3)] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize(("period_s", "staleness"), [(0.5, 1), (0.2, 4)])
+def test_fedfix_slowest_client_is_ceil_tau_over_period_minus_one_versions_stale(period_s,
+                                                                                 staleness):
+    records = simulate(_scenario("fedfix", {"period_s": period_s}, rounds=30)).records
+    # client 0 (τ = 1) is the stalest; it contributes every ⌈1/Δt⌉ ticks
+    maxima = [r["train_staleness_max"] for r in records[1:] if r["train_clients"] > 0]
+    assert max(maxima) == staleness
+    with_client0 = [r["round"] for r in records[1:] if r.get("train_staleness_max") == staleness]
+    assert np.all(np.diff(with_client0) == round(1 / period_s))
+
+
+def test_fedfix_with_equal_speeds_and_period_one_is_synchronous_fedavg_step_for_step():
+    taus = (1.0, 1.0, 1.0)
+    fedfix = simulate(_scenario("fedfix", {"period_s": 1.0}, taus=taus, rounds=25)).records
+    fedavg = simulate(_scenario("fedavg", {"fraction_evaluate": 0.0}, taus=taus,
+                                rounds=25)).records
+    np.testing.assert_allclose([r["theta"] for r in fedfix], [r["theta"] for r in fedavg],
+                               rtol=1e-12, atol=1e-15)
+    assert [r["virtual_time_s"] for r in fedfix] == [r["virtual_time_s"] for r in fedavg]
+    assert fedfix[-1]["theta"] > 0.2  # it moved
+
+
+def test_async_clients_restart_at_once_and_each_arrival_is_one_server_step():
+    records = simulate(_scenario("async_fedavg", {"weighting": "identical"}, rounds=12)).records
+    times = [r["virtual_time_s"] for r in records[1:]]
+    assert all(r["train_clients"] == 1 for r in records[1:])
+    # arrivals of τ = 0.2, 0.6 and 1.0 jobs restarted at once: 0.2, 0.4, 0.6 (two), 0.8, 1.0 (two)
+    np.testing.assert_allclose(times[:7], [0.2, 0.4, 0.6, 0.6, 0.8, 1.0, 1.0], atol=1e-9)
+
+
+@pytest.mark.slow
+def test_async_identical_is_biased_toward_fast_clients_and_weight_removes_the_bias():
+    assert _stationary("async_fedavg", 100, weighting="identical") == pytest.approx(1.51, abs=0.02)
+    assert _stationary("async_fedavg", 100, weighting="weight") == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.slow
+def test_fedfix_weight_converges_to_the_true_optimum_and_identical_to_the_surrogate():
+    assert _stationary("fedfix", 300, period_s=0.5) == pytest.approx(1.0, abs=0.015)
+    assert _stationary("fedfix", 150, period_s=0.5,
+                       weighting="identical") == pytest.approx(1.25, abs=0.01)
+
+
+@pytest.mark.slow
+def test_fedfix_without_the_ceil_factor_moves_the_fixed_point_to_one_and_a_quarter():
+    # η_g only scales the speed of convergence, not the fixed point; 3 makes it converge by T
+    assert _stationary("fedfix", 150, period_s=0.5, ceil_factor=False,
+                       server_lr=3.0) == pytest.approx(1.25, abs=0.01)
+
+
+@pytest.mark.slow
+def test_synchronous_fedavg_reaches_the_true_optimum():
+    records = simulate(_scenario("fedavg", {"fraction_evaluate": 0.0}, rounds=600)).records
+    assert _time_average(records, records[-1]["virtual_time_s"]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_fedbuff_paper_form_aggregates_c_distinct_clients_and_finishers_wait():
+    records = simulate(_scenario("fedbuff", {"buffer_size": 2, "weighting": "identical"},
+                                 rounds=4)).records
+    # 0.2: client 2 back; 0.6: client 1 -> step {2, 1}; 0.8: client 2; 1.0: client 0 -> step
+    np.testing.assert_allclose([r["virtual_time_s"] for r in records[1:]], [0.6, 1.0, 1.2, 1.8],
+                               atol=1e-9)
+    assert all(r["train_clients"] == 2 for r in records[1:])
+
+
+def test_fedbuff_original_restarts_at_once_and_may_buffer_one_client_twice():
+    records = simulate(_scenario("fedbuff", {"buffer_size": 2, "weighting": "identical",
+                                             "restart": "immediately"}, rounds=3)).records
+    # client 2 (τ = 0.2) fills the first buffer alone: back at 0.2 and 0.4
+    assert records[1]["virtual_time_s"] == pytest.approx(0.4)
+    assert records[1]["train_staleness_max"] == 0  # its second job started on θ^0 too
+    assert torch.isfinite(torch.tensor(records[-1]["theta"]))
