@@ -1,0 +1,240 @@
+"""Sweeps: a grid of scenario overrides x seeds, each point run in its own directory.
+
+A sweep is resumable because every run is a separate `fedsim run` process
+writing its own directory: a run whose `summary.json` exists is done and is
+skipped; a run that raised or whose scenario is invalid leaves `error.txt`
+and the sweep goes on; a run killed midway has neither and is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from fedsim.scenario import (
+    ScenarioError,
+    Spec,
+    apply_overrides,
+    describe_error,
+    parse_scenario,
+    read_yaml,
+    scenario_to_dict,
+    set_path,
+)
+
+
+class SweepSpec(Spec):
+    """A sweep file: a base scenario, axes to vary, seeds."""
+
+    name: str = Field(min_length=1)
+    base: Path | dict[str, Any] = Field(description="scenario file (relative to the sweep file) "
+                                                    "or an inline scenario")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides for every run")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="axes: every combination")
+    zip: list[dict[str, list[Any]]] = Field(
+        default_factory=list, description="groups of axes that vary together (equal lengths)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    target_accuracy: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _axes(self) -> SweepSpec:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: give at least one value")
+        for i, group in enumerate(self.zip):
+            lengths = {len(v) for v in group.values()}
+            if len(lengths) > 1:
+                raise ValueError(f"zip.{i}: axes of a zipped group need equal lengths, "
+                                 f"got {sorted(lengths)}")
+        return self
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: its overrides (without the seed) and its seed."""
+
+    overrides: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def label(self) -> str:
+        """The point without its seed, e.g. `strategy.name=fedau,noise_sigma=0.01`."""
+        return ",".join(f"{k}={_short(v)}" for k, v in self.overrides) or "base"
+
+    @property
+    def dirname(self) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", self.label)[:120]
+        return f"{safe}__seed{self.seed}"
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+
+
+def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep spec and its base scenario mapping (not yet validated)."""
+    data = read_yaml(path)
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{path}: {describe_error(exc, SweepSpec)}") from None
+    if isinstance(spec.base, dict):
+        base = copy.deepcopy(spec.base)
+    else:
+        base = read_yaml(spec.base if spec.base.is_absolute() else path.parent / spec.base)
+    apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in spec.set.items()])
+    return spec, base
+
+
+def expand(spec: SweepSpec) -> list[Point]:
+    """Every (grid combination x zipped row x seed), in a fixed order."""
+    axes: list[list[tuple[tuple[str, Any], ...]]] = []
+    for key, values in spec.grid.items():
+        axes.append([((key, v),) for v in values])
+    for group in spec.zip:
+        keys = list(group)
+        axes.append([tuple(zip(keys, row, strict=True))
+                     for row in zip(*group.values(), strict=True)])
+    combos = [tuple(itertools.chain.from_iterable(c)) for c in itertools.product(*axes)]
+    return [Point(combo, seed) for combo in combos for seed in spec.seeds]
+
+
+def point_scenario(base: dict[str, Any], point: Point) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    for key, value in point.overrides:
+        set_path(data, key, copy.deepcopy(value))
+    data["seed"] = point.seed
+    return data
+
+
+def run_state(run_dir: Path) -> str:
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if (run_dir / "error.txt").is_file():
+        return "failed"
+    return "todo"
+
+
+@dataclass
+class SweepOutcome:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def run_sweep(path: Path, out: Path, parallel: int = 1, retry_failed: bool = False,
+              on_progress: Callable[[Point, str], None] | None = None) -> SweepOutcome:
+    """Run every point that is not done yet; return how many were done, failed, skipped."""
+    spec, base = load_sweep(path)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    outcome = SweepOutcome()
+    pending: list[tuple[Point, Path]] = []
+    for point in expand(spec):
+        run_dir = out / "runs" / point.dirname
+        state = run_state(run_dir)
+        if state == "done" or (state == "failed" and not retry_failed):
+            outcome.skipped += 1
+            if on_progress:
+                on_progress(point, f"skipped ({state})")
+            continue
+        _reset(run_dir)
+        try:
+            scenario = parse_scenario(point_scenario(base, point), source=point.label)
+        except ScenarioError as exc:
+            _fail(run_dir, point, str(exc))
+            outcome.failed += 1
+            if on_progress:
+                on_progress(point, "failed")
+            continue
+        (run_dir / "scenario.yaml").write_text(
+            yaml.safe_dump(scenario_to_dict(scenario), sort_keys=False))
+        pending.append((point, run_dir))
+    for point, _run_dir, ok in _run_all(pending, parallel):
+        outcome.done += ok
+        outcome.failed += not ok
+        if on_progress:
+            on_progress(point, "done" if ok else "failed")
+    return outcome
+
+
+def _reset(run_dir: Path) -> None:
+    """Start a run directory afresh (a run killed midway left a partial one)."""
+    if run_dir.exists():
+        for child in sorted(run_dir.rglob("*"), reverse=True):
+            child.rmdir() if child.is_dir() else child.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _fail(run_dir: Path, point: Point, error: str) -> None:
+    _write_point(run_dir, point)
+    (run_dir / "error.txt").write_text(error.strip() + "\n")
+
+
+def _write_point(run_dir: Path, point: Point) -> None:
+    (run_dir / "point.json").write_text(json.dumps(
+        {"label": point.label, "seed": point.seed, "overrides": dict(point.overrides)},
+        default=str))
+
+
+def _run_all(pending: list[tuple[Point, Path]], parallel: int
+             ) -> Iterator[tuple[Point, Path, bool]]:
+    """Run each point: in this process one at a time, else `parallel` `fedsim run` processes."""
+    if parallel == 1:
+        for point, run_dir in pending:
+            yield point, run_dir, _run_here(point, run_dir)
+        return
+    queue = list(pending)
+    running: list[tuple[Point, Path, subprocess.Popen]] = []
+    while queue or running:
+        while queue and len(running) < parallel:
+            point, run_dir = queue.pop(0)
+            _write_point(run_dir, point)
+            log = (run_dir / "run.log").open("w")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedsim.cli", "run", str(run_dir / "scenario.yaml"),
+                 "--out", str(run_dir), "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+            running.append((point, run_dir, process))
+        time.sleep(0.2)
+        for item in list(running):
+            point, run_dir, process = item
+            if process.poll() is None:
+                continue
+            running.remove(item)
+            ok = process.returncode == 0 and (run_dir / "summary.json").is_file()
+            if not ok:
+                tail = (run_dir / "run.log").read_text().strip().splitlines()[-20:]
+                (run_dir / "error.txt").write_text(
+                    f"exit code {process.returncode}\n" + "\n".join(tail) + "\n")
+            yield point, run_dir, ok
+
+
+def _run_here(point: Point, run_dir: Path) -> bool:
+    """One run in this process; an exception marks the point failed, nothing else."""
+    from fedsim.results import RunWriter
+    from fedsim.runner import simulate
+    from fedsim.scenario import load_scenario
+
+    _write_point(run_dir, point)
+    try:
+        scenario = load_scenario(run_dir / "scenario.yaml")
+        simulate(scenario, [RunWriter(run_dir, plots=scenario.output.plots)],
+                 log_file=run_dir / "flower.log")
+    except Exception as exc:  # a failed point must not stop the sweep
+        (run_dir / "error.txt").write_text(
+            "".join(traceback.format_exception_only(exc)).strip() + "\n")
+        return False
+    return True
