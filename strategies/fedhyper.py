@@ -1,0 +1,366 @@
+"""FedHyper: hypergradient learning-rate schedulers for federated learning.
+
+Ziyao Wang, Jianyu Wang, Ang Li, "FedHyper: A Universal and Robust Learning Rate Scheduler for
+Federated Learning with Hypergradient Descent", ICLR 2024 (arXiv 2310.03156). Reference code:
+``ATP-1010/FedHyper``. Specification: ``shared/algorithms/part-a.md`` section 2.
+
+Hypergradient descent (Baydin et al. 2018) moves a learning rate along minus the derivative of the
+loss with respect to it, which is the inner product of consecutive gradients: agreeing steps grow
+the rate, oscillating steps shrink it. FedHyper does this in three places:
+
+- G   (server): the global lr η_g, from consecutive averaged pseudo-gradients Δ^t, Δ^{t-1};
+- SL  (server): one local lr for all clients, from the same signal, broadcast in the train config;
+- CL  (client): each client's local lr, per local step, plus a term with the previous round's
+  global update Δ^{t-1} (sent down with the model) that keeps clients' rates from drifting apart.
+
+All rates are clipped to bands around their initial values (γ_α = 3 global, γ_β = 10 local).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsim.client import client_task, reply
+from fedsim.grid import WORK_KEY
+from fedsim.scenario import ScenarioError
+from fedsim.training import (
+    TrainConfig,
+    arrays_to_model,
+    flatten,
+    local_batches,
+    make_optimizer,
+    model_to_arrays,
+    unflatten,
+)
+from strategies import BuildContext, StrategyInfo
+
+Scheduler = Literal["G", "SL", "CL"]
+CLForm = Literal["additive", "multiplicative"]
+
+MESSAGE_TYPE = "train.fedhyper"
+DELTA_KEY = "global_delta"
+"""Content key of Δ^{t-1}, the previous round's averaged pseudo-gradient (sent for CL)."""
+
+
+def clip(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
+
+
+class FedHyper(FedAvg):
+    """FedHyper (Wang, Wang, Li, ICLR 2024): FedAvg with hypergradient lr schedulers.
+
+    Δ^t = w^t − avg_m w_m^{t,K} is the averaged pseudo-gradient (weighted by `weighted_by_key`, as
+    in FedAvg). With t the 0-based round:
+
+    - G:  η_g^t = clip(η_g^{t-1} + β_g·⟨Δ^t, Δ^{t-1}⟩, global bounds);  w^{t+1} = w^t − η_g^t·Δ^t.
+      The current Δ^t sets the same round's η_g (Baydin's ordering); η_g stays put in round 0.
+    - GM (`server_momentum` μ > 0, the code's FedHyper-GM with μ = 0.9 and bounds [0.8, 5]):
+      m^t = Δ^t + μ·m^{t-1};  η_g^t = clip(η_g^{t-1} + β_g·⟨Δ^t, m^{t-1}⟩);
+      w^{t+1} = w^t − Δ^t − (η_g^t − 1)·m^t.
+    - SL: A^t = A^{t-1} + β_sl·⟨Δ^t, Δ^{t-1}⟩;  η_l^{t+1} = clip(η_l^0·(1 + A^t), local bounds),
+      sent as the next round's train `lr`. The rate PERSISTS across rounds: the released script
+      resets every client's lr to η_l^0 each round, so its SL does nothing; that bug is not
+      reproduced here.
+    - CL: per local step k, on the client (see `train_fedhyper`). `cl_form="additive"` (default)
+      is the paper's Eq. 20 as reconstructed in the spec:
+      η^k = clip(η^{k-1} + β_l·[⟨g^k, g^{k-1}⟩ + s·⟨g^k, Δ^{t-1}⟩], local bounds), s = 1/K, the
+      local product being absent at k = 0. `cl_form="multiplicative"` is the reference code's:
+      with δ_k the k-th parameter change and D = −Δ^{t-1},
+      η ← clip(η·min(cap, 1 + β_l·[⟨δ_k, δ_{k-1}⟩ + s·⟨δ_k, D⟩]), local bounds), s = 0.1/S
+      (S clients this round), δ_0 := D. Both restart each round from the round's local lr.
+
+    Schedulers combine freely (`schedulers=["G", "CL"]` is the paper's Fig. 7; GM + CL is the
+    code's FedHyper-FULL). The server state (η_g, Δ^{t-1}, m, A, η_l) lives on the instance.
+
+    Raw inner products depend on the parameter scale, so β = 1 (the code's) can saturate a clip
+    band in one step on a real model; lower β_* to make the schedules gradual.
+
+    Parameters
+    ----------
+    schedulers : list of "G" | "SL" | "CL" (default: ["G"])
+        Which learning rates are adapted. An empty list is FedAvg.
+    global_lr : float (default: 1.0)
+        η_g^0, the initial (and, without G, the fixed) server learning rate.
+    beta_g : float (default: 1.0)
+        Hyper learning rate of G (the code uses the raw product, i.e. 1).
+    global_clip_factor : float (default: 3.0)
+        γ_α: η_g stays in [η_g^0/γ_α, γ_α·η_g^0] unless `global_lr_bounds` is given.
+    global_lr_bounds : (float, float) or None (default: None)
+        Explicit clip band for η_g (the code: [0.2, 5] for G, [0.8, 5] for GM).
+    server_momentum : float (default: 0.0)
+        μ of the GM variant; 0 is plain G.
+    beta_sl : float (default: 1.0)
+        Hyper learning rate of SL's accumulator.
+    beta_l : float (default: 1.0)
+        Hyper learning rate of CL.
+    local_clip_factor : float (default: 10.0)
+        γ_β: local lrs stay in [η_l^0/γ_β, γ_β·η_l^0] unless `local_lr_bounds` is given.
+    local_lr_bounds : (float, float) or None (default: None)
+        Explicit clip band for SL and CL local lrs.
+    cl_form : "additive" | "multiplicative" (default: "additive")
+        The paper's additive per-step rule, or the reference code's multiplicative one.
+    cl_global_term : bool (default: True)
+        Include CL's term in Δ^{t-1}; without it, Δ^{t-1} is not sent.
+    cl_global_scale : float or None (default: None)
+        Scale s of CL's global term; None: 1/K (additive) or 0.1/S (multiplicative).
+    cl_growth_cap : float (default: 1.1)
+        Largest per-step lr multiplier of the multiplicative form.
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes,
+    weighted_by_key
+        As in Flower's FedAvg.
+    """
+
+    def __init__(self, schedulers: Iterable[Scheduler] = ("G",), global_lr: float = 1.0,
+                 beta_g: float = 1.0, global_clip_factor: float = 3.0,
+                 global_lr_bounds: tuple[float, float] | None = None,
+                 server_momentum: float = 0.0, beta_sl: float = 1.0, beta_l: float = 1.0,
+                 local_clip_factor: float = 10.0,
+                 local_lr_bounds: tuple[float, float] | None = None,
+                 cl_form: CLForm = "additive", cl_global_term: bool = True,
+                 cl_global_scale: float | None = None, cl_growth_cap: float = 1.1,
+                 fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
+                 min_train_nodes: int = 1, min_evaluate_nodes: int = 1,
+                 min_available_nodes: int = 1, weighted_by_key: str = "num-examples") -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+                         min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
+                         min_available_nodes=min_available_nodes,
+                         weighted_by_key=weighted_by_key)
+        self.schedulers = frozenset(schedulers)
+        self.beta_g, self.beta_sl, self.beta_l = beta_g, beta_sl, beta_l
+        self.global_lr_bounds = global_lr_bounds or (global_lr / global_clip_factor,
+                                                     global_lr * global_clip_factor)
+        self.local_clip_factor = local_clip_factor
+        self.local_lr_bounds = local_lr_bounds
+        self.server_momentum = server_momentum
+        self.cl_form, self.cl_global_term = cl_form, cl_global_term
+        self.cl_global_scale, self.cl_growth_cap = cl_global_scale, cl_growth_cap
+        # server state
+        self.eta_g = global_lr
+        self.local_lr: float | None = None  # η_l of the coming round (SL), set from the config
+        self.local_lr0: float | None = None
+        self.sl_accumulator = 0.0
+        self.prev_delta: np.ndarray | None = None
+        self.momentum: np.ndarray | None = None
+        self.current_arrays: ArrayRecord | None = None
+        self.sent_local_lr = 0.0  # the lr this round's clients were sent (a metric)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """FedAvg's sampling; SL's lr in the config; for CL, Δ^{t-1} and the CL settings."""
+        self.current_arrays = arrays
+        if self.local_lr0 is None:
+            self.local_lr0 = float(config["lr"])  # type: ignore[arg-type]
+            self.local_lr = self.local_lr0
+            if self.local_lr_bounds is None:
+                self.local_lr_bounds = (self.local_lr0 / self.local_clip_factor,
+                                        self.local_lr0 * self.local_clip_factor)
+        config = ConfigRecord(dict(config))  # the caller's record is reused every round
+        if "SL" in self.schedulers:
+            config["lr"] = self.local_lr
+        self.sent_local_lr = float(config["lr"])  # type: ignore[arg-type]
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if "CL" not in self.schedulers or not messages:
+            return messages
+        content = messages[0].content  # one RecordDict shared by all messages
+        content["config"] = self.cl_config(config, num_sampled=len(messages))
+        if self.cl_global_term:
+            previous = self.prev_delta if self.prev_delta is not None else flatten(arrays) * 0.0
+            content[DELTA_KEY] = _as_float64_record(previous)
+        return [Message(content=content, message_type=MESSAGE_TYPE,
+                        dst_node_id=m.metadata.dst_node_id) for m in messages]
+
+    def cl_config(self, config: ConfigRecord, num_sampled: int) -> ConfigRecord:
+        """The train config plus what CL's clients need (band, β_l, form, S)."""
+        if self.local_lr_bounds is None:  # not configured yet: derive from this config's lr
+            lr0 = float(config["lr"])  # type: ignore[arg-type]
+            self.local_lr_bounds = (lr0 / self.local_clip_factor, lr0 * self.local_clip_factor)
+        return ConfigRecord({
+            **dict(config), "fedhyper-cl-form": self.cl_form, "fedhyper-beta-l": self.beta_l,
+            "fedhyper-lr-min": self.local_lr_bounds[0], "fedhyper-lr-max": self.local_lr_bounds[1],
+            "fedhyper-growth-cap": self.cl_growth_cap, "fedhyper-num-sampled": num_sampled,
+            **({} if self.cl_global_scale is None
+               else {"fedhyper-global-scale": self.cl_global_scale}),
+        })
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average (FedAvg), then the G/GM step and the SL update."""
+        average, metrics = super().aggregate_train(server_round, replies)
+        if average is None or self.current_arrays is None:
+            return average, metrics
+        delta = flatten(self.current_arrays) - flatten(average)
+        previous = self.prev_delta if self.prev_delta is not None else np.zeros_like(delta)
+        momentum = self.momentum if self.momentum is not None else np.zeros_like(delta)
+        if "G" in self.schedulers:
+            signal = momentum if self.server_momentum else previous
+            self.eta_g = clip(self.eta_g + self.beta_g * float(delta @ signal),
+                              self.global_lr_bounds)
+        direction = delta
+        if self.server_momentum:
+            self.momentum = direction = delta + self.server_momentum * momentum
+        # w^{t+1} = w^t − Δ − (η_g − 1)·d = average − (η_g − 1)·d; untouched (bit for bit) at 1
+        if self.eta_g != 1.0:
+            average = unflatten(flatten(average) - (self.eta_g - 1.0) * direction, average)
+        if "SL" in self.schedulers:
+            assert self.local_lr0 is not None and self.local_lr_bounds is not None
+            self.sl_accumulator += self.beta_sl * float(delta @ previous)
+            self.local_lr = clip(self.local_lr0 * (1.0 + self.sl_accumulator),
+                                 self.local_lr_bounds)
+        self.prev_delta = delta
+        metrics = MetricRecord({**(dict(metrics) if metrics else {}), "eta_g": self.eta_g,
+                                "server_local_lr": self.sent_local_lr})
+        return average, metrics
+
+
+def _as_float64_record(vector: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({"delta": Array(np.ascontiguousarray(vector, dtype=np.float64))})
+
+
+# ---------------------------------------------------------------------------- client half (CL)
+
+
+def additive_local_lr(lr: float, grad: np.ndarray, prev_grad: np.ndarray | None,
+                      global_delta: np.ndarray | None, beta: float, global_scale: float,
+                      bounds: tuple[float, float]) -> float:
+    """Paper's CL step (Eq. 20): lr + β[⟨g^k, g^{k-1}⟩ + s⟨g^k, Δ^{t-1}⟩], clipped.
+
+    ⟨g^k, Δ^{t-1}⟩ > 0 means the last global step went the way this client now descends.
+    """
+    signal = float(grad @ prev_grad) if prev_grad is not None else 0.0
+    if global_delta is not None:
+        signal += global_scale * float(grad @ global_delta)
+    return clip(lr + beta * signal, bounds)
+
+
+def multiplicative_local_lr(lr: float, change: np.ndarray, prev_change: np.ndarray | None,
+                            global_change: np.ndarray | None, beta: float, global_scale: float,
+                            growth_cap: float, bounds: tuple[float, float]) -> float:
+    """Reference code's CL step: lr·min(cap, 1 + β[⟨δ_k, δ_{k-1}⟩ + s⟨δ_k, D⟩]), clipped.
+
+    δ are parameter changes and D = −Δ^{t-1} the global model's last change; δ_0 := D.
+    """
+    before = prev_change if prev_change is not None else global_change
+    signal = float(change @ before) if before is not None else 0.0
+    if global_change is not None:
+        signal += global_scale * float(change @ global_change)
+    return clip(lr * min(growth_cap, 1.0 + beta * signal), bounds)
+
+
+def _vector(tensors: Iterable[torch.Tensor]) -> np.ndarray:
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors]).numpy()
+
+
+def train_fedhyper(message: Message, context: Context) -> Message:
+    """FedHyper-CL's client: plain local SGD whose lr is updated before every step."""
+    task, partition = client_task(context)
+    content = message.content
+    model = arrays_to_model(task.make_model(), content["arrays"])
+    config_record = content["config"]
+    config = TrainConfig.from_record(config_record)
+    data = task.train_data(partition)
+    bounds = (float(config_record["fedhyper-lr-min"]),  # type: ignore[arg-type]
+              float(config_record["fedhyper-lr-max"]))  # type: ignore[arg-type]
+    beta = float(config_record["fedhyper-beta-l"])  # type: ignore[arg-type]
+    form = str(config_record["fedhyper-cl-form"])
+    steps = config.local_steps or config.local_epochs * math.ceil(
+        len(data) / max(min(config.batch_size, len(data)), 1))
+    if "fedhyper-global-scale" in config_record:
+        scale = float(config_record["fedhyper-global-scale"])  # type: ignore[arg-type]
+    elif form == "additive":
+        scale = 1.0 / max(steps, 1)
+    else:
+        scale = 0.1 / int(config_record["fedhyper-num-sampled"])  # type: ignore[arg-type]
+    delta = flatten(content[DELTA_KEY]) if DELTA_KEY in content.array_records else None
+
+    model.train()
+    optimizer = make_optimizer(model, config)
+    params = list(model.parameters())
+    lr, lrs, previous = config.lr, [], None
+    samples, loss_sum = 0, 0.0
+    for x, y in local_batches(data, config):
+        optimizer.zero_grad()
+        loss = task.loss(model, x, y)
+        loss.backward()
+        if form == "additive":
+            grad = _vector(p.grad for p in params)  # type: ignore[misc]
+            lr = additive_local_lr(lr, grad, previous, delta, beta, scale, bounds)
+            previous = grad
+        before = _vector(params) if form == "multiplicative" else None
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        lrs.append(lr)
+        if before is not None:
+            change = _vector(params) - before
+            lr = multiplicative_local_lr(lr, change, previous, None if delta is None else -delta,
+                                         beta, scale, float(config_record["fedhyper-growth-cap"]),
+                                         bounds)
+            previous = change
+        samples += len(x)
+        loss_sum += loss.item() * len(x)
+    return reply(message, model_to_arrays(model), **{
+        "num-examples": len(data), "train_loss": loss_sum / max(samples, 1), WORK_KEY: samples,
+        "local_lr_mean": float(np.mean(lrs)) if lrs else config.lr,
+        "local_lr_last": lrs[-1] if lrs else config.lr})
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+class FedHyperParams(BaseModel):
+    """Hyperparameters of FedHyper (see `FedHyper`); defaults per spec section 2(c)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedulers: list[Scheduler] = Field(default_factory=lambda: ["G"])
+    global_lr: float = Field(default=1.0, gt=0)
+    beta_g: float = Field(default=1.0, ge=0)
+    global_clip_factor: float = Field(default=3.0, ge=1)
+    global_lr_bounds: tuple[float, float] | None = None
+    server_momentum: float = Field(default=0.0, ge=0, lt=1)
+    beta_sl: float = Field(default=1.0, ge=0)
+    beta_l: float = Field(default=1.0, ge=0)
+    local_clip_factor: float = Field(default=10.0, ge=1)
+    local_lr_bounds: tuple[float, float] | None = None
+    cl_form: CLForm = "additive"
+    cl_global_term: bool = True
+    cl_global_scale: float | None = Field(default=None, ge=0)
+    cl_growth_cap: float = Field(default=1.1, ge=1)
+    fraction_train: float = Field(default=1.0, ge=0, le=1)
+    fraction_evaluate: float = Field(default=1.0, ge=0, le=1)
+    min_train_nodes: int = Field(default=1, ge=0)
+    min_evaluate_nodes: int = Field(default=1, ge=0)
+    min_available_nodes: int = Field(default=1, ge=0)
+    weighted_by_key: str = "num-examples"
+
+    @model_validator(mode="after")
+    def _check(self) -> FedHyperParams:
+        if len(set(self.schedulers)) != len(self.schedulers):
+            raise ValueError("schedulers: each of G, SL, CL at most once")
+        for name in ("global_lr_bounds", "local_lr_bounds"):
+            bounds = getattr(self, name)
+            if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+                raise ValueError(f"{name}: need 0 < low <= high, got {list(bounds)}")
+        return self
+
+
+def build(params: FedHyperParams, context: BuildContext) -> FedHyper:
+    if "CL" in params.schedulers and context.scenario.training.momentum:
+        raise ScenarioError("strategy.params.schedulers: FedHyper-CL adapts a plain-SGD lr; "
+                            "set training.momentum to 0")
+    return FedHyper(**params.model_dump())
+
+
+STRATEGIES = (
+    StrategyInfo("fedhyper", "FedHyper: hypergradient schedulers of the global and local lr",
+                 FedHyperParams, build, client_actions={MESSAGE_TYPE: train_fedhyper}),
+)

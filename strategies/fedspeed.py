@@ -1,0 +1,265 @@
+"""FedSpeed: prox-correction plus gradient perturbation.
+
+Yan Sun, Li Shen, Tiansheng Huang, Liang Ding, Dacheng Tao, "FedSpeed: Larger Local Interval,
+Less Communication Round, and Higher Generalization Accuracy", ICLR 2023 (arXiv 2302.10429).
+Official code: ``woodenchild95/FL-Simulator``. Specification: ``shared/algorithms/part-a.md``
+section 3.
+
+FedProx's proximal pull (1/2λ)‖x − x^t‖² keeps local models close but biases the fixed point.
+FedSpeed adds a per-client prox-correction ĝ_i (a dual variable built from the client's past
+drifts) that cancels the bias, so full-participation training reaches the exact optimum of the
+global objective; each local gradient is also a merge of the plain gradient and one taken after a
+SAM-like ascent step of size ρ, against local overfitting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.client import client_task, reply
+from fedsim.grid import WORK_KEY
+from fedsim.scenario import ScenarioError
+from fedsim.training import (
+    TrainConfig,
+    arrays_to_model,
+    flatten,
+    local_batches,
+    model_to_arrays,
+    unflatten,
+)
+from strategies import BuildContext, StrategyInfo
+
+ServerRule = Literal["paper", "official"]
+
+MESSAGE_TYPE = "train.fedspeed"
+CORRECTION_KEY = "fedspeed-correction"
+"""Context.state key of ĝ_i, the node's prox-correction (flat float64 over the parameters)."""
+
+
+class FedSpeed(FedAvg):
+    """FedSpeed (Sun et al., ICLR 2023), the paper's Algorithm 1 by default.
+
+    Client i, holding ĝ_i (zero at first; kept in its Context.state across rounds, unchanged
+    when not sampled), from x_{i,0} = x^t, for k = 0..K−1 on one minibatch ξ each:
+
+        g1 = ∇f_i(x_{i,k}; ξ);   y = x_{i,k} + ρ·g1 (÷‖g1‖ if `perturb_normalize`)    (lines 7-8)
+        g2 = ∇f_i(y; ξ);         g = (1 − α)·g1 + α·g2                               (lines 9-10)
+        x_{i,k+1} = x_{i,k} − η_l·(g − ĝ_i + (1/λ)(x_{i,k} − x^t))                   (line 11)
+
+    then ĝ_i ← ĝ_i − (1/λ)(x_{i,K} − x^t) (line 13) and it uploads x̂_i = x_{i,K} − λ·ĝ_i
+    (line 14). The server averages the uploads of the active clients (`server_rule="paper"`).
+
+    Sign convention (checked against the spec; FLGo's newer port flips it): λĝ_i = −h_i with
+    h_i = Σ_past (x_{i,K} − x^t) the client's accumulated drift, so the local step contains
+    "− ĝ_i", i.e. "+ h_i/λ", and x̂_i = x_{i,K} + h_i whatever λ is. With the opposite sign the
+    two-quadratic check of the spec does not reach x* (tests/test_fedspeed.py).
+
+    Differences of the official code, as options: it normalises the ascent step
+    (`perturb_normalize=True`, also the spec's default since the paper is unverified), uses only
+    g2 (`alpha=1`), and sets x^{t+1} = mean_{active}(x_{i,K}) + mean_{all N}(h_i), FedDyn-style
+    (`server_rule="official"`: clients upload x_{i,K}; the server keeps H = mean_i h_i, adding
+    (x_{i,K} − x^t)/N per report). With full participation both rules give the same iterates.
+    Not reproduced: the official gradient-norm clip at 10, weight decay folded into the step
+    (a scenario's `training.weight_decay` is applied as + wd·x), and the 0.998 lr decay.
+    The averages are weighted by `weighted_by_key` as in FedAvg (uniform when shards are
+    balanced, as in the paper); H is uniform over the N clients.
+
+    Cost: two forward/backward passes per local step when ρ > 0 and α > 0 (reported as work).
+
+    Parameters
+    ----------
+    prox_lambda : float (default: 10.0)
+        λ; the prox strength is 1/λ (the official code's `lamb` = 0.1).
+    rho : float (default: 0.1)
+        Ascent step (perturbation radius) ρ; 0 disables the perturbation.
+    alpha : float (default: 0.9)
+        Merge weight α of the perturbed gradient (official: effectively 1).
+    perturb_normalize : bool (default: True)
+        Normalise the ascent direction, y = x + ρ·g1/‖g1‖ (official code, standard SAM).
+    server_rule : "paper" | "official" (default: "paper")
+        Average x̂_i over active clients, or mean active x_{i,K} plus H over all N clients.
+    prox_correction : bool (default: True)
+        Keep ĝ_i. False holds it at zero: local FedProx with μ = 1/λ (the spec's failure test).
+    num_nodes : int or None (default: None)
+        N, the population size ("official" rule); the builder passes the scenario's count.
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes,
+    weighted_by_key
+        As in Flower's FedAvg.
+    """
+
+    def __init__(self, prox_lambda: float = 10.0, rho: float = 0.1, alpha: float = 0.9,
+                 perturb_normalize: bool = True, server_rule: ServerRule = "paper",
+                 prox_correction: bool = True, num_nodes: int | None = None,
+                 fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
+                 min_train_nodes: int = 1, min_evaluate_nodes: int = 1,
+                 min_available_nodes: int = 1, weighted_by_key: str = "num-examples") -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+                         min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
+                         min_available_nodes=min_available_nodes,
+                         weighted_by_key=weighted_by_key)
+        if server_rule == "official" and not num_nodes:
+            raise ValueError("server_rule='official' needs num_nodes (the population size N)")
+        self.prox_lambda, self.rho, self.alpha = prox_lambda, rho, alpha
+        self.perturb_normalize, self.prox_correction = perturb_normalize, prox_correction
+        self.server_rule, self.num_nodes = server_rule, num_nodes
+        self.current_arrays: ArrayRecord | None = None
+        self.mean_drift: np.ndarray | None = None  # H = mean_i h_i ("official" rule)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """FedAvg's sampling, FedSpeed's settings in the config, message type train.fedspeed."""
+        self.current_arrays = arrays
+        return [Message(content=m.content, message_type=MESSAGE_TYPE,
+                        dst_node_id=m.metadata.dst_node_id)
+                for m in super().configure_train(server_round, arrays,
+                                                 self.client_config(config), grid)]
+
+    def client_config(self, config: ConfigRecord) -> ConfigRecord:
+        """The train config plus λ, ρ, α and what the client uploads."""
+        return ConfigRecord({
+            **dict(config), "fedspeed-lambda": self.prox_lambda, "fedspeed-rho": self.rho,
+            "fedspeed-alpha": self.alpha, "fedspeed-normalize": self.perturb_normalize,
+            "fedspeed-correction": self.prox_correction,
+            "fedspeed-upload": "corrected" if self.server_rule == "paper" else "local"})
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Paper: the average of x̂_i. Official: the average of x_{i,K} plus H."""
+        replies = list(replies)
+        average, metrics = super().aggregate_train(server_round, replies)
+        if self.server_rule == "paper" or average is None or self.current_arrays is None:
+            return average, metrics
+        assert self.num_nodes is not None
+        start = flatten(self.current_arrays)
+        if self.mean_drift is None:
+            self.mean_drift = np.zeros_like(start)
+        for message in replies:
+            if not message.has_error():
+                drift = flatten(message.content[self.arrayrecord_key]) - start
+                self.mean_drift += drift / self.num_nodes
+        return unflatten(flatten(average) + self.mean_drift, average), metrics
+
+
+# ---------------------------------------------------------------------------- client half
+
+
+def train_fedspeed(message: Message, context: Context) -> Message:
+    """Lines 7-14 of Algorithm 1 on this node, with ĝ_i in `context.state`."""
+    task, partition = client_task(context)
+    content = message.content
+    model = arrays_to_model(task.make_model(), content["arrays"])
+    record = content["config"]
+    config = TrainConfig.from_record(record)
+    lam = float(record["fedspeed-lambda"])  # type: ignore[arg-type]
+    rho = float(record["fedspeed-rho"])  # type: ignore[arg-type]
+    alpha = float(record["fedspeed-alpha"])  # type: ignore[arg-type]
+    normalize, use_correction = bool(record["fedspeed-normalize"]), bool(
+        record["fedspeed-correction"])
+    data = task.train_data(partition)
+
+    model.train()
+    params = list(model.parameters())
+    anchor = [p.detach().clone() for p in params]
+    stored = context.state.array_records.get(CORRECTION_KEY)
+    g_hat = flatten(stored) if stored is not None else np.zeros(sum(p.numel() for p in params))
+    correction = _like(g_hat, params)
+    perturb = rho > 0 and alpha > 0
+    work, samples, loss_sum = 0, 0, 0.0
+    for x, y in local_batches(data, config):
+        loss = task.loss(model, x, y)
+        g1 = torch.autograd.grad(loss, params)
+        grad = g1
+        if perturb:
+            scale = rho
+            if normalize:
+                scale = rho / (float(torch.sqrt(sum((g.double() ** 2).sum() for g in g1))) + 1e-12)
+            saved = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, g in zip(params, g1, strict=True):
+                    p.add_(g, alpha=scale)
+            g2 = torch.autograd.grad(task.loss(model, x, y), params)
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+            grad = g2 if alpha == 1 else tuple(
+                (1 - alpha) * a + alpha * b for a, b in zip(g1, g2, strict=True))
+            work += len(x)
+        with torch.no_grad():
+            for p, g, c, a in zip(params, grad, correction, anchor, strict=True):
+                step = g - c + (p - a) / lam
+                if config.weight_decay:
+                    step = step + config.weight_decay * p
+                p.sub_(config.lr * step)
+        work += len(x)
+        samples += len(x)
+        loss_sum += loss.item() * len(x)
+
+    x_local = _vector(params)
+    drift = x_local - _vector(anchor)
+    if use_correction:
+        g_hat = g_hat - drift / lam  # line 13
+        context.state[CORRECTION_KEY] = ArrayRecord({"g_hat": Array(g_hat)})
+    if record["fedspeed-upload"] == "corrected":
+        upload = x_local - lam * g_hat  # line 14: x̂_i = x_{i,K} + h_i
+        with torch.no_grad():
+            for p, value in zip(params, _like(upload, params), strict=True):
+                p.copy_(value)
+    return reply(message, model_to_arrays(model), **{
+        "num-examples": len(data), "train_loss": loss_sum / max(samples, 1), WORK_KEY: work,
+        "drift_norm": float(np.linalg.norm(drift))})
+
+
+def _vector(tensors: Iterable[torch.Tensor]) -> np.ndarray:
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors]).numpy()
+
+
+def _like(vector: np.ndarray, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A flat vector as tensors shaped and typed like `params`."""
+    out, offset = [], 0
+    for p in params:
+        chunk = vector[offset:offset + p.numel()]
+        out.append(torch.from_numpy(np.ascontiguousarray(chunk)).reshape(p.shape).to(p.dtype))
+        offset += p.numel()
+    return out
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+class FedSpeedParams(BaseModel):
+    """Hyperparameters of FedSpeed (see `FedSpeed`); defaults per spec section 3(c)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prox_lambda: float = Field(default=10.0, gt=0)
+    rho: float = Field(default=0.1, ge=0)
+    alpha: float = Field(default=0.9, ge=0, le=1)
+    perturb_normalize: bool = True
+    server_rule: ServerRule = "paper"
+    prox_correction: bool = True
+    fraction_train: float = Field(default=1.0, ge=0, le=1)
+    fraction_evaluate: float = Field(default=1.0, ge=0, le=1)
+    min_train_nodes: int = Field(default=1, ge=0)
+    min_evaluate_nodes: int = Field(default=1, ge=0)
+    min_available_nodes: int = Field(default=1, ge=0)
+    weighted_by_key: str = "num-examples"
+
+
+def build(params: FedSpeedParams, context: BuildContext) -> FedSpeed:
+    if context.scenario.training.momentum:
+        raise ScenarioError("training.momentum: FedSpeed's local solver is plain SGD; set it to 0")
+    return FedSpeed(**params.model_dump(), num_nodes=context.num_nodes)
+
+
+STRATEGIES = (
+    StrategyInfo("fedspeed", "FedSpeed: prox-correction + perturbed local gradients",
+                 FedSpeedParams, build, client_actions={MESSAGE_TYPE: train_fedspeed}),
+)
