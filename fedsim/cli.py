@@ -135,6 +135,145 @@ def strategies() -> None:
     console.print(table)
 
 
+topology_app = typer.Typer(help="Inspect a scenario's communication graph.",
+                           no_args_is_help=True)
+app.add_typer(topology_app, name="topology")
+
+
+@topology_app.command("show")
+def topology_show(
+    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", show_default=False)],
+    overrides: Overrides = None,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: output.dir/NAME-topology.png).")] = None,
+) -> None:
+    """Print the graph's degree stats and spectral gap, and draw it to a PNG."""
+    from strategies import strategy_info
+    from topologies import TopologyError, build_graph, degree_stats, draw_topology, mixing_matrix
+    from topologies import spectral_gap as gap_of
+
+    scenario = load_or_fail(scenario_file, overrides)
+    if scenario.topology is None:
+        fail("topology: this scenario has no `topology` section (e.g. `topology: {name: ring}`)")
+    params = strategy_info(scenario.strategy.name).Params.model_validate(
+        scenario.strategy.params)
+    mixing = getattr(params, "mixing", "metropolis_hastings")
+    steps = getattr(params, "gossip_steps", 1)
+    try:
+        graph = build_graph(scenario.topology, scenario.clients.count, scenario.seed)
+        gap = gap_of(mixing_matrix(graph, mixing))
+    except TopologyError as exc:
+        fail(str(exc))
+    table = Table(show_header=False, box=None)
+    table.add_row("topology", str(scenario.topology))
+    for key, value in degree_stats(graph).items():
+        table.add_row(key.replace("_", " "), f"{value:.4g}" if isinstance(value, float)
+                      else str(value))
+    table.add_row("mixing", mixing)
+    table.add_row("spectral gap 1-λ", f"{gap:.4g}")
+    table.add_row(f"spectral gap 1-λ^Q (Q={steps})", f"{1 - (1 - gap) ** steps:.4g}")
+    png = out or scenario.output.dir / f"{scenario.name}-topology.png"
+    draw_topology(graph, png, title=f"{scenario.name}: {scenario.topology}", seed=scenario.seed)
+    table.add_row("png", str(png))
+    console.print(table)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="Sweep directory (default: runs/sweeps/NAME).")
+                   ] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="Runs at once (each its own process).")
+                        ] = 1,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed points again.")] = False,
+    report_too: Annotated[bool, typer.Option("--report/--no-report",
+                                             help="Write the comparison report at the end.")
+                          ] = True,
+) -> None:
+    """Run every (point, seed) of a sweep; finished runs are skipped, so it resumes."""
+    from fedsim.report import collect, write_report
+    from fedsim.sweep import expand, load_sweep, run_sweep
+
+    try:
+        spec, _ = load_sweep(sweep_file)
+    except ScenarioError as exc:
+        fail(str(exc))
+    out_dir = out or Path("runs") / "sweeps" / spec.name
+    total = len(expand(spec))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
+    with progress:
+        bar = progress.add_task(spec.name, total=total, status="")
+
+        def advance(point: Any, state: str) -> None:
+            progress.update(bar, advance=1, status=f"{point.dirname}: {state}")
+
+        outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance)
+    console.print(f"{outcome.done} run, {outcome.skipped} skipped (done before), "
+                  f"{outcome.failed} failed -> {out_dir}", highlight=False)
+    if report_too:
+        paths = write_report(collect([out_dir / "runs"]), out_dir / "report", spec.target_accuracy)
+        console.print(f"report: {paths['md']}", highlight=False)
+
+
+@app.command()
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run or sweep directories.",
+                                                show_default=False)],
+    out: Annotated[Path, typer.Option(help="Where to write the report.")] = Path("report"),
+    target: Annotated[float | None, typer.Option(help="Target accuracy for time-to-target.")
+                      ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Also print the table: md, csv or json.")
+                   ] = "md",
+) -> None:
+    """Compare runs: mean +- std over seeds, time and bytes to target, curves with bands."""
+    from fedsim.report import collect, summarize, table_csv, write_report
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        fail(f"{missing[0]}: no such run or sweep directory")
+    if fmt not in ("md", "csv", "json"):
+        fail(f"--format {fmt!r}: use md, csv or json")
+    runs = collect(paths)
+    if not runs:
+        fail(f"no runs found under {', '.join(map(str, paths))} (a run directory has summary.json)")
+    written = write_report(runs, out, target)
+    if fmt == "csv":
+        console.print(table_csv(summarize(runs, target)), highlight=False, markup=False)
+    elif fmt == "json":
+        console.print(written["json"].read_text(), highlight=False, markup=False)
+    else:
+        console.print(written["md"].read_text(), highlight=False, markup=False)
+
+
+@app.command()
+def deploy(
+    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", show_default=False)],
+    superlink: Annotated[str, typer.Option(help="host:port the devices reach the SuperLink at."
+                                           )] = "127.0.0.1:8000",
+    tls: Annotated[bool, typer.Option(help="Use docker/certificates instead of --insecure.")
+               ] = False,
+) -> None:
+    """Print the commands that run a scenario on real devices with Flower."""
+    from fedsim.deploy import superlink_command, supernode_commands
+
+    scenario = load_or_fail(scenario_file, None)
+    host, _, port = superlink.rpartition(":")
+    n = scenario.clients.count
+    security = "insecure = true" if not tls else 'root-certificates = "docker/certificates/ca.crt"'
+    console.print(f"# 1. on the server\n{superlink_command(int(port), insecure=not tls)}\n",
+                  highlight=False, markup=False, soft_wrap=True)
+    console.print(f"# 2. on each of the {n} devices (device i runs line i)",
+                  highlight=False, markup=False)
+    for line in supernode_commands(n, superlink, insecure=not tls):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    console.print(f'\n# 3. on your machine: add to $FLWR_HOME/config.toml (default ~/.flwr)\n'
+                  f'[superlink.fedsim]\naddress = "{host}:{port}"\n{security}\n\n'
+                  f"# 4. submit the run from the project directory\n"
+                  f"flwr run . fedsim --stream -c 'scenario=\"{scenario_file}\"'",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

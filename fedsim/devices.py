@@ -10,19 +10,25 @@ stream, so results do not depend on the order in which jobs are processed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from fedsim.scenario import (
     AlwaysOn,
     BernoulliAvailability,
+    BurstyStraggling,
     ClientsSpec,
     CyclicAvailability,
     DeviceTier,
     GilbertElliottStraggling,
     IidStraggling,
+    LabelCorrelation,
     LinkSpec,
     LogNormal,
     MarkovAvailability,
+    ScenarioError,
     Uniform,
 )
 from fedsim.seeding import rng
@@ -63,11 +69,62 @@ class _MarkovVector:
         return self._state
 
 
-class DevicePopulation:
-    """Every simulated device of a scenario, indexed 0..n-1 (the partition id)."""
+def label_distributions(labels: list[Any]) -> np.ndarray:
+    """Row n: the label distribution q_n of client n from its labels 0..L-1 (arrays or tensors)."""
+    ys = [np.asarray(y).astype(np.int64).ravel() for y in labels]
+    num_labels = max((int(y.max()) + 1 for y in ys if y.size), default=1)
+    counts = np.stack([np.bincount(y, minlength=num_labels) for y in ys]).astype(np.float64)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
-    def __init__(self, spec: ClientsSpec, seed: int) -> None:
+
+def label_correlated_p(q: np.ndarray, p_mean: float, spec: LabelCorrelation,
+                       gen: np.random.Generator) -> np.ndarray:
+    """FedAU's p_n = min(1, max(p_min, L p_mean sum_l q_nl m_l)) with m ~ Dir(alpha 1_L).
+
+    The official code has no cap at 1; a probability needs it.
+    """
+    num_labels = q.shape[1]
+    m = gen.dirichlet(np.full(num_labels, spec.alpha))
+    return np.clip(num_labels * p_mean * (q @ m), spec.p_min, 1.0)
+
+
+class _BurstyPattern:
+    """A (B, W, λ)-bursty straggler pattern over m devices, drawn once from the seed.
+
+    Rounds are drawn in growing blocks by `sample_bursty_pattern`, which draws round by round
+    from one generator, so a longer draw extends a shorter one: the pattern of a round does not
+    depend on how far ahead it was first asked for.
+    """
+
+    def __init__(self, seed: int, name: str, m: int, spec: BurstyStraggling) -> None:
+        self._seed, self._name, self._m, self._spec = seed, name, m, spec
+        self._pattern = np.zeros((0, m), dtype=bool)
+
+    def at(self, round_: int) -> np.ndarray:
+        if round_ >= len(self._pattern):
+            from strategies.sequential_gradient_coding import sample_bursty_pattern
+
+            s = self._spec
+            self._pattern = sample_bursty_pattern(
+                max(2 * len(self._pattern), round_ + 1, 16), self._m, s.B, s.W, s.lam,
+                rng(self._seed, self._name), s.start_prob, s.continue_prob)
+        return self._pattern[round_]
+
+
+class DevicePopulation:
+    """Every simulated device of a scenario, indexed 0..n-1 (the partition id).
+
+    `labels(i)` gives client i's training labels; it is called (once per
+    client) only when an availability model has `label_correlation`.
+    `online_p[i]` is the participation probability device i's availability
+    model was given (1 for always-on devices).
+    """
+
+    def __init__(self, spec: ClientsSpec, seed: int,
+                 labels: Callable[[int], Any] | None = None) -> None:
         self.n = spec.count
+        self._labels = labels
+        self._label_dist: np.ndarray | None = None
         self.tiers: list[DeviceTier] = list(spec.devices)
         self.seed = seed
         counts = tier_counts([t.share for t in self.tiers], self.n)
@@ -83,6 +140,7 @@ class DevicePopulation:
         for t, tier in enumerate(self.tiers):
             members = np.flatnonzero(tier_of == t)
             self.speed[members] = _draw(tier.speed, len(members), rng(seed, "speed", t))
+        self.online_p = np.ones(self.n)
         self._availability = self._build_availability()
         self._bursts = self._build_bursts()
 
@@ -100,20 +158,43 @@ class DevicePopulation:
         spec = tier.availability
         if isinstance(spec, AlwaysOn):
             return None
+        p = self._tier_p(t, spec, m)
+        self.online_p[self.tier_of == t] = p
         if isinstance(spec, BernoulliAvailability):
-            return spec
+            return p
         if isinstance(spec, MarkovAvailability):
-            up, down = spec.q, spec.q * (1 / spec.p - 1)
-            if down > 1:
-                up, down = up / down, 1.0
-            init = rng(self.seed, "availability-init", t).random(m) < spec.p
-            return _MarkovVector(self.seed, f"availability-{t}", np.full(m, up),
-                                 np.full(m, down), init)
+            up, down = np.full(m, spec.q), spec.q * (1 / p - 1)
+            scale = np.maximum(down, 1.0)  # P(on->off) > 1: scale both so that it is 1
+            init = rng(self.seed, "availability-init", t).random(m) < p
+            return _MarkovVector(self.seed, f"availability-{t}", up / scale, down / scale, init)
         assert isinstance(spec, CyclicAvailability)
-        on = max(1, round(spec.period * spec.p))
-        length = on + max(1, spec.period - on)
-        phase = rng(self.seed, "cyclic-phase", t).integers(0, length - on, size=m)
+        on = np.maximum(1, np.round(spec.period * p)).astype(np.int64)
+        length = on + np.maximum(1, spec.period - on)
+        if spec.phase is None:
+            phase = rng(self.seed, "cyclic-phase", t).integers(0, length - on)
+        else:
+            phase = np.full(m, spec.phase)
         return (on, length, phase)
+
+    def _tier_p(self, t: int, spec: BernoulliAvailability | MarkovAvailability
+                | CyclicAvailability, m: int) -> np.ndarray:
+        """The p of each device of tier t: the tier's p, given per device, or from labels."""
+        where = f"clients.devices.{t}.availability"
+        if spec.p_per_device is not None:
+            if len(spec.p_per_device) != m:
+                raise ScenarioError(f"{where}.p_per_device: {len(spec.p_per_device)} values for "
+                                    f"the {m} devices of tier {t} (give one per device)")
+            return np.asarray(spec.p_per_device, dtype=np.float64)
+        if spec.label_correlation is not None:
+            if self._labels is None:
+                raise ScenarioError(f"{where}.label_correlation needs the clients' labels "
+                                    "(only a simulation with a task has them)")
+            if self._label_dist is None:  # over all clients: every tier sees all L labels
+                self._label_dist = label_distributions([self._labels(i) for i in range(self.n)])
+            gen = rng(self.seed, "label-participation")  # one m shared by the tiers
+            q = self._label_dist[self.tier_of == t]
+            return label_correlated_p(q, spec.p, spec.label_correlation, gen)
+        return np.full(m, spec.p)
 
     def available(self, round_: int) -> np.ndarray:
         """Boolean vector: which devices are online in `round_` (0-based)."""
@@ -121,9 +202,9 @@ class DevicePopulation:
         for t, (members, model) in enumerate(self._availability):
             if model is None:
                 continue
-            if isinstance(model, BernoulliAvailability):
+            if isinstance(model, np.ndarray):  # Bernoulli: each device's p
                 online[members] = rng(self.seed, "availability", t, round_).random(
-                    len(members)) < model.p
+                    len(members)) < model
             elif isinstance(model, _MarkovVector):
                 online[members] = model.at(round_)
             else:
@@ -133,10 +214,13 @@ class DevicePopulation:
 
     # ------------------------------------------------------------ straggling, dropout
 
-    def _build_bursts(self) -> dict[int, _MarkovVector]:
-        bursts = {}
+    def _build_bursts(self) -> dict[int, _MarkovVector | _BurstyPattern]:
+        bursts: dict[int, _MarkovVector | _BurstyPattern] = {}
         for t, tier in enumerate(self.tiers):
             spec = tier.straggling
+            if isinstance(spec, BurstyStraggling):
+                m = int(np.sum(self.tier_of == t))
+                bursts[t] = _BurstyPattern(self.seed, f"bursty-{t}", m, spec)
             if isinstance(spec, GilbertElliottStraggling):
                 m = int(np.sum(self.tier_of == t))
                 bursts[t] = _MarkovVector(self.seed, f"burst-{t}", np.full(m, spec.p_enter),
@@ -150,7 +234,7 @@ class DevicePopulation:
         if isinstance(spec, IidStraggling):
             hit = rng(self.seed, "straggle", node, round_, job).random() < spec.p
             return spec.slowdown if hit else 1.0
-        if isinstance(spec, GilbertElliottStraggling):
+        if isinstance(spec, GilbertElliottStraggling | BurstyStraggling):
             in_burst = self._bursts[t].at(round_)[self._rank_in_tier[node]]
             return spec.slowdown if in_burst else 1.0
         return 1.0

@@ -241,6 +241,16 @@ class SimGrid(Grid):
         """Move the virtual clock forward (never backward)."""
         self.now = max(self.now, t)
 
+    @property
+    def messages_pushed(self) -> int:
+        return self._pushed
+
+    def idle(self, seconds: float) -> None:
+        """The server waits: time passes and availability moves on, nothing is sent."""
+        self.now += seconds
+        self.round += 1
+        self._jobs_this_round = {}
+
     def end_round(self) -> RoundStats:
         """Close the current round's bookkeeping; availability moves to the next round."""
         stats, self.stats = self.stats, RoundStats()

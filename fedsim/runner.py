@@ -81,7 +81,7 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     pool = make_pool(backend.kind, spec, backend.num_actors, backend.actor_cpus, backend.address)
     try:
         grid = SimGrid(pool, devices, scenario.channel, scenario.seed, Run.create_empty(RUN_ID))
-        with _no_waiting_for_nodes(), flower_log_to(log_file):
+        with _waiting_in_virtual_time(grid), flower_log_to(log_file):
             return execute(scenario, grid, task, callbacks, devices=devices)
     finally:
         pool.shutdown()
@@ -204,21 +204,35 @@ def flower_log_to(path: Path | None) -> Iterator[None]:
         logger.handlers = saved
 
 
+MAX_IDLE_ROUNDS = 1000
+"""Availability rounds the server may wait in a row for enough nodes before giving up."""
+
+
 @contextlib.contextmanager
-def _no_waiting_for_nodes() -> Iterator[None]:
-    """Turn Flower's wall-clock wait for more nodes into an error.
+def _waiting_in_virtual_time(grid: SimGrid) -> Iterator[None]:
+    """Make Flower's wait for more online nodes pass in virtual time.
 
-    In virtual time no node comes online while the server sleeps, so the wait
-    would never end. The message names the parameters that cause it.
+    Flower's node sampling sleeps one wall-clock second while too few nodes are
+    online. Here each such sleep advances the virtual clock by that second and
+    availability by one round, so a server facing Bernoulli or cyclic
+    availability waits as it would on real devices. A wait that cannot end (a
+    minimum above what is ever online) stops with a message naming the fix.
     """
+    waited, sent_before = 0, grid.messages_pushed
 
-    def refuse(_seconds: float) -> None:
-        raise RunStalled("the strategy waits for more online nodes than there are; lower "
-                         "strategy.params.min_available_nodes / min_train_nodes / "
-                         "min_evaluate_nodes, or make more devices available")
+    def idle(seconds: float) -> None:
+        nonlocal waited, sent_before
+        waited = 1 if grid.messages_pushed != sent_before else waited + 1  # consecutive waits
+        sent_before = grid.messages_pushed
+        if waited > MAX_IDLE_ROUNDS:
+            raise RunStalled(
+                f"the strategy waited {MAX_IDLE_ROUNDS} availability rounds for more online "
+                "nodes than ever come online; lower strategy.params.min_available_nodes / "
+                "min_train_nodes / min_evaluate_nodes, or make more devices available")
+        grid.idle(seconds)
 
     saved = strategy_utils.sleep
-    strategy_utils.sleep = refuse  # type: ignore[assignment]
+    strategy_utils.sleep = idle  # type: ignore[assignment]
     try:
         yield
     finally:

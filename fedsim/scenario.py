@@ -60,14 +60,48 @@ class AlwaysOn(Spec):
     kind: Literal["always"] = "always"
 
 
-class BernoulliAvailability(Spec):
+class LabelCorrelation(Spec):
+    """FedAU's heterogeneous, data-correlated participation (Wang & Ji, ICLR 2024).
+
+    One vector m ~ Dir(alpha 1_L) is drawn over the L labels, and device n gets
+    p_n = min(1, max(p_min, L p sum_l q_nl m_l)), where q_n is the label
+    distribution of its training data and p the availability's `p`. Devices
+    holding favoured labels are online more often; the mean stays about p.
+    """
+
+    alpha: float = Field(default=0.1, gt=0, description="Dirichlet concentration of m")
+    p_min: float = Field(default=0.02, gt=0, le=1, description="floor of every p_n")
+
+
+class _PerDeviceP(Spec):
+    """Per-device probabilities in place of the one `p` of a tier."""
+
+    p_per_device: list[float] | None = Field(
+        default=None, description="one p per device of the tier, in partition-id order; "
+        "replaces p")
+    label_correlation: LabelCorrelation | None = Field(
+        default=None, description="p_n from each device's labels; p is their mean")
+
+    @model_validator(mode="after")
+    def _valid_per_device(self) -> _PerDeviceP:
+        if self.p_per_device is not None and self.label_correlation is not None:
+            raise ValueError("give p_per_device or label_correlation, not both")
+        zero_ok = isinstance(self, BernoulliAvailability)  # the chains need p > 0
+        for p in self.p_per_device or ():
+            if not (0 <= p <= 1 and (zero_ok or p > 0)):
+                bound = "in [0, 1]" if zero_ok else "in (0, 1]"
+                raise ValueError(f"p_per_device: every p must be {bound}, got {p}")
+        return self
+
+
+class BernoulliAvailability(_PerDeviceP):
     """Available in each round independently with probability `p`."""
 
     kind: Literal["bernoulli"]
     p: float = Field(ge=0, le=1)
 
 
-class MarkovAvailability(Spec):
+class MarkovAvailability(_PerDeviceP):
     """Two-state on/off chain with stationary on-probability `p` (FedAU's model).
 
     P(off->on) = q and P(on->off) = q (1/p - 1); both are scaled down together
@@ -79,12 +113,18 @@ class MarkovAvailability(Spec):
     q: float = Field(gt=0, le=1)
 
 
-class CyclicAvailability(Spec):
-    """On for max(1, round(period p)) rounds, then off, with a random phase per device."""
+class CyclicAvailability(_PerDeviceP):
+    """On for a = max(1, round(period p)) rounds, then off for max(1, period - a) (FedAU's model).
+
+    Every device starts off, `phase` rounds into its cycle: random per device in
+    [0, off rounds) by default, or the same for all (`phase: 0` puts a device of
+    period r >= 2, p = 1/r online exactly in rounds t = r, 2r, ... counted from 1).
+    """
 
     kind: Literal["cyclic"]
     period: int = Field(ge=1)
     p: float = Field(gt=0, le=1)
+    phase: int | None = Field(default=None, ge=0, description="None: random per device")
 
 
 Availability = Annotated[
@@ -114,8 +154,35 @@ class GilbertElliottStraggling(Spec):
     slowdown: float = Field(ge=1)
 
 
+class BurstyStraggling(Spec):
+    """The (B, W, λ)-bursty model of sequential gradient coding (Krishnan et al., ICLR 2023).
+
+    In every window of W rounds at most λ distinct devices (of this tier) straggle, each in one
+    burst of at most B consecutive rounds. The pattern is drawn once per tier from the seed,
+    round by round (`strategies.sequential_gradient_coding.sample_bursty_pattern`): a device
+    proposes to straggle with `continue_prob` after a straggling round, else `start_prob`, and
+    the proposal is kept only if the pattern still conforms. Every job of a straggling device in
+    that round is slowed by `slowdown`.
+    """
+
+    kind: Literal["bursty"]
+    B: int = Field(ge=1, description="longest burst, in rounds")
+    W: int = Field(ge=1, description="window length, in rounds")
+    lam: int = Field(ge=0, description="most distinct stragglers in any window of W rounds")
+    slowdown: float = Field(ge=1)
+    start_prob: float = Field(default=0.2, ge=0, le=1)
+    continue_prob: float = Field(default=0.8, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _burst_fits_window(self) -> BurstyStraggling:
+        if self.B > self.W:
+            raise ValueError(f"B ({self.B}) must be <= W ({self.W})")
+        return self
+
+
 Straggling = Annotated[
-    NoStraggling | IidStraggling | GilbertElliottStraggling, Field(discriminator="kind")
+    NoStraggling | IidStraggling | GilbertElliottStraggling | BurstyStraggling,
+    Field(discriminator="kind"),
 ]
 
 

@@ -9,6 +9,7 @@ and the sweep goes on; a run killed midway has neither and is run again.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import re
@@ -76,8 +77,10 @@ class Point:
 
     @property
     def dirname(self) -> str:
-        safe = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", self.label)[:120]
-        return f"{safe}__seed{self.seed}"
+        """Readable and unique: the label, shortened, plus a hash of all of it."""
+        safe = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", self.label)[:90]
+        digest = hashlib.sha1(self.label.encode()).hexdigest()[:8]
+        return f"{safe}-{digest}__seed{self.seed}"
 
 
 def _short(value: Any) -> str:

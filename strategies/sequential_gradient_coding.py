@@ -14,27 +14,56 @@ straggler history [rounds, n] that :func:`stopping_rule` reads, and the scheme's
 array, which records per round which task each worker delivered (``IDLE`` where it straggled or
 had nothing to do); a scheme's ``tasks`` is a pure function of that array.
 
-This module is the numpy core; the strategy that runs a scheme on the simulator builds on it.
+The first part of this module is the numpy core. The second part runs a scheme on the simulator
+(:class:`SequentialGradientCodingGD`, strategies ``sr_sgc`` and ``m_sgc``) as gradient descent
+with delayed updates, the simplest faithful form of "jobs = successive gradient computations":
+job t is the full gradient at x_t, the model of round t (its data: all workers' shards pooled,
+cut by the scheme's ``split_job_indices``; partial gradient of part p = (|p|/N) ∇L_p, as in
+:mod:`strategies.gradient_coding`), it is decoded at its deadline t+T, and
+
+    x_{t+1} = x_t − γ ĝ_{t−T}   (x_{t+1} = x_t while t < T),     ĝ_t = ∇F(x_t) exactly.
+
+The paper instead trains several models concurrently (presumably round t serves model t mod M,
+spec 3b(a), an assumption); one delayed model keeps the check "decoded = uncoded" exact. A run
+of ``rounds`` rounds computes J = rounds − T jobs. Each round the master applies
+:func:`stopping_rule` online (wait for the fastest reply, then until (1+μ)· its time; wait for
+all if the cut-off workers would break the (B, W, λ) model), so the effective straggler
+pattern conforms and every job decodes by its deadline.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import NamedTuple, Self
+from typing import Literal, NamedTuple, Self
 
 import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+from pydantic import BaseModel, ConfigDict, Field
 
+from fedsim.client import client_task, reply
+from fedsim.clock import Clock, clock_for
+from fedsim.grid import NODE_ID_OFFSET, WORK_KEY, SimGrid
+from fedsim.scenario import ScenarioError
+from fedsim.tasks import Dataset, Task
+from fedsim.training import arrays_to_model, flatten, unflatten
+from strategies import BuildContext, StrategyInfo
 from strategies.gradient_coding import (
+    EvaluateFn,
     GCScheme,
     data_assignment,
     decode_received,
     encode,
     encoding_matrix,
     gc_load,
+    weighted_gradient,
 )
 
 IDLE = -1
@@ -540,3 +569,263 @@ class MultiplexedSGC(SequentialScheme):
 def _check_model(B: int, W: int, lam: int) -> None:
     if not 1 <= B <= W or lam < 0:
         raise ValueError(f"the (B, W, λ) model needs 1 ≤ B ≤ W and λ ≥ 0, got ({B}, {W}, {lam})")
+
+
+# ---------------------------------------------------------------------------------------------
+# SGC on the simulator: client half and master (delayed gradient descent)
+# ---------------------------------------------------------------------------------------------
+
+MESSAGE_TYPE = "train.sgc"
+
+SCHEME_CLASSES: dict[str, type[SequentialScheme]] = {
+    "sr_sgc": SelectiveRepeatSGC, "m_sgc": MultiplexedSGC}
+
+
+def pooled_train_data(task: Task, n: int) -> Dataset:
+    """Every worker's shard, concatenated in worker order: the data of one job."""
+    shards = [task.train_data(j) for j in range(n)]
+    return Dataset(torch.cat([d.x for d in shards]), torch.cat([d.y for d in shards]))
+
+
+def scheme_from_config(config: ConfigRecord) -> SequentialScheme:
+    """Rebuild the master's scheme from the ``sgc-*`` entries of a train config."""
+    cls = SCHEME_CLASSES[str(config["sgc-scheme"])]
+    return cls.create(int(config["sgc-n"]), int(config["sgc-B"]), int(config["sgc-W"]),
+                      int(config["sgc-lam"]), int(config["sgc-jobs"]),
+                      str(config["sgc-gc"]), int(config["sgc-code-seed"]))  # type: ignore[arg-type]
+
+
+def train_sgc(message: Message, context: Context) -> Message:
+    """A worker's round: for each (job, task) assigned, the scheme's message at job's model.
+
+    The model of job t arrives as the ArrayRecord ``x-t``; the worker computes the partial
+    gradients of the parts its task needs (``parts_needed``) and sends
+    ``scheme.message(worker, task, partials)`` under the key ``job-t``.
+    """
+    task, worker = client_task(context)
+    config = message.content["config"]
+    scheme = scheme_from_config(config)
+    data = pooled_train_data(task, scheme.n)
+    total = len(data)
+    parts = scheme.split_job_indices(total)
+    model = task.make_model()
+    sent: dict[str, Array] = {}
+    losses, work = [], 0
+    for job, job_task in json.loads(str(config["sgc-assignments"])):
+        arrays_to_model(model, message.content[f"x-{job}"])
+        partials: np.ndarray | None = None
+        for p in scheme.parts_needed(worker, job_task):
+            index = torch.from_numpy(parts[p])
+            grad, loss = weighted_gradient(task, model, Dataset(data.x[index], data.y[index]),
+                                           len(index) / total)
+            if partials is None:
+                partials = np.zeros((scheme.n_parts, grad.size))
+            partials[p] = grad
+            losses.append(loss)
+            work += len(index)
+        assert partials is not None, "every task needs at least one part"
+        sent[f"job-{job}"] = Array(np.ascontiguousarray(
+            scheme.message(worker, job_task, partials)))
+    return reply(message, ArrayRecord(sent), **{"num-examples": work, WORK_KEY: work,
+                                                "train_loss": float(np.mean(losses))})
+
+
+class SequentialGradientCodingGD(FedAvg):
+    """SR-SGC / M-SGC (Krishnan, Ebrahimi, Khisti, ICLR 2023) running delayed gradient descent.
+
+    Round r: the master computes the scheme's ``tasks(r, delivered)``, pushes to each busy worker
+    the models of the jobs it works on, applies :func:`stopping_rule` online to the replies
+    (stragglers = replies later than (1+μ)× the fastest, unless cutting them breaks the
+    (B, W, λ) model, then it waits for all), records what was delivered, decodes job r−T with
+    ``decode_job`` and steps x ← x − γ ĝ_{r−T} (module docstring; γ = ``training.lr``). A job that
+    misses its deadline (only possible when jobs fail outright) stops the run with an error.
+
+    Parameters
+    ----------
+    num_workers : int
+        n, the number of workers (= clients).
+    scheme : "sr_sgc" | "m_sgc"
+        SR-SGC (T = B, needs B | (W−1)) or M-SGC (T = W−2+B, needs B < W, λ ≤ n).
+    B, W, lam : int (defaults 1, 2, 1)
+        The (B, W, λ)-bursty straggler model the scheme is designed for.
+    gc_scheme : "crc" | "frc" (default "crc")
+        The inner gradient code (FRC needs (s+1) | n).
+    code_seed : int (default 0)
+        Seed of CRC's random H.
+    mu : float (default 1.0)
+        μ of the stopping rule: a worker straggles past (1+μ)× the fastest worker's time.
+    """
+
+    def __init__(self, num_workers: int, scheme: Literal["sr_sgc", "m_sgc"], B: int = 1,
+                 W: int = 2, lam: int = 1, gc_scheme: GCScheme = "crc", code_seed: int = 0,
+                 mu: float = 1.0) -> None:
+        super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
+                         min_available_nodes=1)
+        self.kind, self.gc_scheme, self.code_seed, self.mu = scheme, gc_scheme, code_seed, mu
+        self.scheme = SCHEME_CLASSES[scheme].create(num_workers, B, W, lam, 1, gc_scheme,
+                                                    code_seed)
+        self._x = np.zeros(0)
+        self._like = ArrayRecord()
+        self._lr = 0.0
+        self._round_metrics: dict[str, float] = {}
+
+    def scheme_config(self) -> dict[str, int | str]:
+        """The ``sgc-*`` config entries from which a worker rebuilds the scheme."""
+        s = self.scheme
+        return {"sgc-scheme": self.kind, "sgc-n": s.n, "sgc-B": s.B, "sgc-W": s.W,
+                "sgc-lam": s.lam, "sgc-jobs": s.n_jobs, "sgc-gc": self.gc_scheme,
+                "sgc-code-seed": self.code_seed}
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: EvaluateFn | None = None) -> Result:
+        """`num_rounds` = J + T rounds: J gradient jobs, each decoded T rounds after it starts."""
+        scheme = self.scheme
+        n_jobs = num_rounds - scheme.delay
+        if n_jobs < 1:
+            raise ValueError(f"rounds ({num_rounds}) must exceed the decoding delay T = "
+                             f"{scheme.delay} of {self.kind}")
+        self.scheme = scheme = replace(scheme, n_jobs=n_jobs)
+        config = train_config or ConfigRecord()
+        self._lr = float(config["lr"])
+        self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
+        self._models: dict[int, ArrayRecord] = {}
+        self._received: dict[int, dict[tuple[int, int], np.ndarray]] = {}
+        self._delivered = scheme.empty_delivered()
+        self._history = np.zeros((0, scheme.n), dtype=bool)
+        clock = clock_for(grid)
+        result = Result(arrays=initial_arrays)
+        if evaluate_fn:
+            evaluate_fn(0, initial_arrays)
+        for r in range(scheme.n_rounds):
+            if r < n_jobs:
+                self._models[r] = unflatten(self._x, self._like)
+            replies = self._run_round(grid, clock, r, config)
+            arrays, metrics = self.aggregate_train(r + 1, replies)
+            assert arrays is not None and metrics is not None
+            result.arrays = arrays
+            result.train_metrics_clientapp[r + 1] = metrics
+            if evaluate_fn and (evaluated := evaluate_fn(r + 1, arrays)) is not None:
+                result.evaluate_metrics_serverapp[r + 1] = evaluated
+        return result
+
+    def _run_round(self, grid: Grid, clock: Clock, r: int, config: ConfigRecord
+                   ) -> list[Message]:
+        """Push round r's tasks, apply the stopping rule, record what was delivered."""
+        scheme = self.scheme
+        tasks = scheme.tasks(r, self._delivered[:r])
+        by_worker: dict[int, list[list[int]]] = {}
+        for a in scheme.assignments(r, tasks):
+            by_worker.setdefault(a.worker, []).append([a.job, a.task])
+        online = {node - NODE_ID_OFFSET for node in grid.get_node_ids()}
+        messages = []
+        for worker, work in sorted(by_worker.items()):
+            if worker not in online:
+                continue
+            content = RecordDict({f"x-{job}": self._models[job] for job, _ in work})
+            content["config"] = ConfigRecord({
+                **config, **self.scheme_config(), "server-round": r + 1,
+                "sgc-assignments": json.dumps(work)})
+            messages.append(Message(content, worker + NODE_ID_OFFSET, MESSAGE_TYPE,
+                                    group_id=str(r + 1)))
+        started = clock.now()
+        ids = grid.push_messages(messages)
+        pending = dict(zip((m.metadata.dst_node_id - NODE_ID_OFFSET for m in messages), ids,
+                           strict=True))
+        arrived: dict[int, Message] = {}
+        times = np.full(scheme.n, np.inf)
+
+        def book(batch: list[Message]) -> None:
+            for message in batch:
+                worker = message.metadata.src_node_id - NODE_ID_OFFSET
+                del pending[worker]
+                if not message.has_error():
+                    arrived[worker] = message
+                    times[worker] = clock.now() - started
+
+        waited_for_all = False
+        stragglers = np.zeros(scheme.n, dtype=bool)
+        if messages:
+            book(clock.wait_for_replies(grid, list(pending.values())))
+            fastest = float(times.min()) if np.isfinite(times).any() else 0.0
+            threshold = started + (1.0 + self.mu) * fastest
+            while pending and (batch := clock.wait_for_replies(grid, list(pending.values()),
+                                                               until=threshold)):
+                book(batch)
+            busy = np.zeros(scheme.n, dtype=bool)
+            busy[list(by_worker)] = True
+            stop = stopping_rule(np.where(busy, times, fastest), self._history,
+                                 scheme.B, scheme.W, scheme.lam, self.mu)
+            waited_for_all = stop.waited_for_all
+            while waited_for_all and pending and (
+                    batch := clock.wait_for_replies(grid, list(pending.values()))):
+                book(batch)
+            stragglers = stop.stragglers | (busy & ~np.isin(np.arange(scheme.n), list(arrived)))
+        if isinstance(grid, SimGrid):
+            grid.stats.stragglers += len(pending)
+        self._delivered[r] = scheme.deliver(tasks, stragglers)
+        self._history = np.vstack([self._history, stragglers])
+        self._round_assignments = by_worker
+        self._round_metrics = {"round_time_s": clock.now() - started,
+                               "stragglers_cut": float(stragglers.sum()),
+                               "waited_for_all": float(waited_for_all)}
+        return [arrived[w] for w in sorted(arrived) if not stragglers[w]]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """File the round's delivered messages by job; decode job r−T and take the step."""
+        r, scheme = server_round - 1, self.scheme
+        replies = list(replies)
+        for message in replies:
+            worker = message.metadata.src_node_id - NODE_ID_OFFSET
+            arrays = message.content["arrays"]
+            for job, task in self._round_assignments[worker]:
+                message_vector = arrays[f"job-{job}"].numpy().astype(np.float64)
+                self._received.setdefault(job, {})[worker, task] = message_vector
+        metrics = {"num-examples": float(sum(float(m.content["metrics"]["num-examples"])
+                                             for m in replies)),
+                   "decoded_job": -1.0, **self._round_metrics}
+        if replies:
+            metrics["train_loss"] = float(np.mean(
+                [float(m.content["metrics"]["train_loss"]) for m in replies]))
+        due = r - scheme.delay
+        if 0 <= due < scheme.n_jobs:
+            if not scheme.is_decodable(due, self._delivered):
+                raise RuntimeError(f"{self.kind}: job {due} missed its deadline (round {r}); "
+                                   "jobs failed outright, beyond the (B, W, λ) model")
+            gradient = scheme.decode_job(self._received.pop(due))
+            self._models.pop(due, None)
+            self._x = self._x - self._lr * gradient
+            metrics["decoded_job"] = float(due)
+        return unflatten(self._x, self._like), MetricRecord(metrics)
+
+
+class SGCParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    B: int = Field(default=1, ge=1, description="longest straggler burst, in rounds")
+    W: int = Field(default=2, ge=1, description="window of the straggler model, in rounds")
+    lam: int = Field(default=1, ge=0, description="most distinct stragglers per window (λ)")
+    gc_scheme: Literal["crc", "frc"] = "crc"
+    code_seed: int = Field(default=0, ge=0)
+    mu: float = Field(default=1.0, gt=0, description="straggler threshold (1+μ)·fastest")
+
+
+def _builder(kind: Literal["sr_sgc", "m_sgc"]
+             ) -> Callable[[SGCParams, BuildContext], SequentialGradientCodingGD]:
+    def build(params: SGCParams, ctx: BuildContext) -> SequentialGradientCodingGD:
+        try:
+            return SequentialGradientCodingGD(ctx.num_nodes, kind, **params.model_dump())
+        except ValueError as exc:
+            raise ScenarioError(f"strategy.params: {exc} (n = clients.count)") from None
+
+    return build
+
+
+STRATEGIES = (
+    StrategyInfo("sr_sgc", "SR-SGC: gradient coding + selective repetition, delayed GD "
+                 "with deadline T = B under (B, W, λ)-bursty stragglers", SGCParams,
+                 _builder("sr_sgc"), {MESSAGE_TYPE: train_sgc}),
+    StrategyInfo("m_sgc", "M-SGC: repetition and coding multiplexed over rounds, delayed GD "
+                 "with deadline T = W−2+B", SGCParams, _builder("m_sgc")),
+)

@@ -12,7 +12,7 @@ from flwr.supercore.run import Run
 from fedsim.devices import DevicePopulation
 from fedsim.grid import NODE_ID_OFFSET, SimGrid
 from fedsim.pool import InlinePool, WorkerSpec
-from fedsim.runner import CLIENT_APP, run_config, simulate
+from fedsim.runner import CLIENT_APP, RunStalled, run_config, simulate
 from fedsim.tasks import make_task
 from fedsim.training import flatten
 from tests.conftest import quadratic, scenario
@@ -174,3 +174,22 @@ def test_pull_returns_replies_only_once_the_clock_reaches_them():
     assert arrival == pytest.approx(2 * (0.1 + 8 / 1e6) + 2.0)
     grid.advance_to(arrival)
     assert len(grid.pull_messages(ids)) == 2
+
+
+def test_the_server_waits_in_virtual_time_until_enough_devices_are_online():
+    s = quadratic([0.0, 1.0, 2.0, 3.0], rounds=5,
+                  clients__devices=[{"availability": {"kind": "bernoulli", "p": 0.3}}],
+                  strategy={"name": "fedavg", "params": {"min_available_nodes": 3,
+                                                         "min_train_nodes": 3,
+                                                         "fraction_evaluate": 0.0}})
+    result = simulate(s)
+    # every round trained >= 3 nodes, although each is online only 30% of the time
+    assert all(r["replies"] >= 3 for r in result.records[1:])
+    # waiting cost virtual time: 1 s per availability round waited, plus the rounds' own time
+    assert result.records[-1]["virtual_time_s"] >= 5
+
+
+def test_a_wait_that_cannot_end_is_a_clear_error():
+    s = quadratic([0.0, 1.0], strategy={"name": "fedavg", "params": {"min_train_nodes": 3}})
+    with pytest.raises(RunStalled, match="min_train_nodes"):
+        simulate(s)

@@ -63,10 +63,11 @@ def test_report_table_equals_the_values_recomputed_from_the_runs(finished_sweep)
     rows = {r["group"]: r for r in json.loads((finished_sweep / "report" / "table.json")
                                               .read_text())}
     assert len(rows) == 4
+    runs = collect([finished_sweep / "runs"])
     for group, row in rows.items():
         finals, rounds_to_target = [], []
-        for seed in (0, 1):
-            records = read_metrics(finished_sweep / "runs" / f"{group}__seed{seed}")
+        for run in (r for r in runs if r.group == group):
+            records = read_metrics(run.run_dir)
             finals.append(records[-1]["accuracy"])
             hit = next((r["round"] for r in records if r["accuracy"] >= 0.3), None)
             if hit is not None:
@@ -125,3 +126,18 @@ def test_an_invalid_point_and_a_raising_run_fail_alone(tmp_path):
     assert "Failed runs" in markdown and "clients.count" in markdown
     again = run_sweep(write_sweep(tmp_path, data), out)
     assert (again.done, again.failed, again.skipped) == (0, 0, 3)
+
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "scenarios" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_expands_into_valid_scenarios(path):
+    from fedsim.scenario import parse_scenario
+    from fedsim.sweep import load_sweep, point_scenario
+
+    spec, base = load_sweep(path)
+    points = expand(spec)
+    assert len(points) >= 2
+    for point in points:
+        parse_scenario(point_scenario(base, point), source=f"{path.name}: {point.label}")
