@@ -32,6 +32,7 @@ from fedsim.scenario import (
     Uniform,
 )
 from fedsim.seeding import rng
+from fedsim.stragglers import sample_bursty_pattern
 
 
 def tier_counts(shares: list[float], n: int) -> list[int]:
@@ -102,8 +103,6 @@ class _BurstyPattern:
 
     def at(self, round_: int) -> np.ndarray:
         if round_ >= len(self._pattern):
-            from strategies.sequential_gradient_coding import sample_bursty_pattern
-
             s = self._spec
             self._pattern = sample_bursty_pattern(
                 max(2 * len(self._pattern), round_ + 1, 16), self._m, s.B, s.W, s.lam,

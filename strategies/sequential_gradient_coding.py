@@ -52,6 +52,7 @@ from fedsim.client import client_task, reply
 from fedsim.clock import Clock, clock_for
 from fedsim.grid import NODE_ID_OFFSET, WORK_KEY, SimGrid
 from fedsim.scenario import ScenarioError
+from fedsim.stragglers import check_model, round_conforms
 from fedsim.tasks import Dataset, Task
 from fedsim.training import arrays_to_model, flatten, unflatten
 from strategies import BuildContext, StrategyInfo
@@ -68,65 +69,6 @@ from strategies.gradient_coding import (
 
 IDLE = -1
 """Task code of a worker slot that delivered nothing (straggled) or was given nothing to do."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The (B, W, λ)-bursty straggler model
-# ---------------------------------------------------------------------------------------------
-
-
-def round_conforms(history: np.ndarray, is_straggler: np.ndarray, B: int, W: int, lam: int) -> bool:
-    """Whether round r = len(history) with stragglers `is_straggler` keeps the pattern conforming.
-
-    The (B, W, λ)-bursty model asks, in every window of W consecutive rounds:
-      (spatial)  at most λ distinct workers straggle;
-      (temporal) each worker's straggles fit in one burst of at most B consecutive rounds.
-    Checked, as in the official code, on the windows that end at round r: at most λ distinct
-    stragglers in rounds r−W+1..r, and a worker straggling in round r did not straggle in rounds
-    r−W+1..r−B. `history` is the boolean pattern [r, n] of the earlier rounds.
-
-    GC's own design model "at most s stragglers per round" is the (1, 1, s) model.
-    """
-    _check_model(B, W, lam)
-    r = history.shape[0]
-    recent = history[max(0, r - W + 1) : r].any(axis=0)
-    if np.count_nonzero(recent | is_straggler) > lam:
-        return False
-    outside_burst = history[max(0, r - W + 1) : max(0, r - B + 1)].any(axis=0)
-    return not np.any(outside_burst & is_straggler)
-
-
-def conforms(pattern: np.ndarray, B: int, W: int, lam: int) -> bool:
-    """Whether a boolean straggler pattern [rounds, n] satisfies the (B, W, λ)-bursty model."""
-    pattern = np.asarray(pattern, dtype=bool)
-    return all(round_conforms(pattern[:r], pattern[r], B, W, lam) for r in range(len(pattern)))
-
-
-def sample_bursty_pattern(
-    n_rounds: int,
-    n: int,
-    B: int,
-    W: int,
-    lam: int,
-    rng: np.random.Generator,
-    start_prob: float = 0.2,
-    continue_prob: float = 0.8,
-) -> np.ndarray:
-    """A random straggler pattern [n_rounds, n] that conforms to the (B, W, λ) model.
-
-    Round by round, workers in random order propose to straggle (with `continue_prob` if they
-    straggled in the previous round, else `start_prob`); a proposal is kept only if the pattern
-    still conforms. High probabilities push patterns to the model's limits (full bursts, λ
-    distinct stragglers per window), which is what the decodability tests need.
-    """
-    pattern = np.zeros((n_rounds, n), dtype=bool)
-    for r in range(n_rounds):
-        for i in rng.permutation(n):
-            straggled_before = r > 0 and pattern[r - 1, i]
-            if rng.random() < (continue_prob if straggled_before else start_prob):
-                pattern[r, i] = True
-                pattern[r, i] = round_conforms(pattern[:r], pattern[r], B, W, lam)
-    return pattern
 
 
 @dataclass(frozen=True)
@@ -354,7 +296,7 @@ class SelectiveRepeatSGC(SequentialScheme):
     """
 
     def __post_init__(self) -> None:
-        _check_model(self.B, self.W, self.lam)
+        check_model(self.B, self.W, self.lam)
         if (self.W - 1) % self.B:
             raise ValueError(f"SR-SGC needs B | (W−1), got B={self.B}, W={self.W}")
         if self.gc_matrix is None or self.gc_matrix.shape != (self.n, self.n):
@@ -443,7 +385,7 @@ class MultiplexedSGC(SequentialScheme):
     """
 
     def __post_init__(self) -> None:
-        _check_model(self.B, self.W, self.lam)
+        check_model(self.B, self.W, self.lam)
         if not self.B < self.W:
             raise ValueError(f"M-SGC needs B < W, got B={self.B}, W={self.W}")
         if self.lam > self.n:
@@ -564,11 +506,6 @@ class MultiplexedSGC(SequentialScheme):
 
     def empty_delivered(self) -> np.ndarray:
         return np.full((self.n_rounds, self.n, self.n_slots), IDLE)
-
-
-def _check_model(B: int, W: int, lam: int) -> None:
-    if not 1 <= B <= W or lam < 0:
-        raise ValueError(f"the (B, W, λ) model needs 1 ≤ B ≤ W and λ ≥ 0, got ({B}, {W}, {lam})")
 
 
 # ---------------------------------------------------------------------------------------------

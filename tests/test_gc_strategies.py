@@ -16,9 +16,13 @@ import pytest
 from fedsim.devices import DevicePopulation
 from fedsim.runner import RunResult, initial_arrays, simulate
 from fedsim.scenario import ClientsSpec, load_scenario
+from fedsim.stragglers import conforms
 from fedsim.tasks import make_task
 from fedsim.training import flatten
-from strategies.sequential_gradient_coding import conforms, m_sgc_delay, sr_sgc_delay
+from strategies.sequential_gradient_coding import (
+    m_sgc_delay,
+    sr_sgc_delay,
+)
 from tests.conftest import BASE, scenario
 
 LR = 0.05

@@ -6,17 +6,15 @@ from itertools import product
 import numpy as np
 import pytest
 
+from fedsim.stragglers import conforms, round_conforms, sample_bursty_pattern
 from strategies.gradient_coding import gc_load
 from strategies.sequential_gradient_coding import (
     IDLE,
     MultiplexedSGC,
     SelectiveRepeatSGC,
     SequentialScheme,
-    conforms,
     m_sgc_delay,
     m_sgc_load,
-    round_conforms,
-    sample_bursty_pattern,
     sr_sgc_delay,
     sr_sgc_load,
     sr_sgc_tolerance,
