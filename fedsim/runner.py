@@ -112,7 +112,8 @@ class _RoundRecorder:
     Flower's `start()` calls `evaluate_fn` once before the first round and
     after every round, so that is the end-of-round hook; the aggregated train
     and evaluate metrics are captured by wrapping the strategy's aggregate
-    methods on the instance (any strategy, built-in or ours).
+    methods on the instance (any strategy, built-in or ours), and federated
+    evaluation is skipped on rounds that `evaluation.federated_every` leaves out.
     """
 
     def __init__(self, scenario: Scenario, grid: Grid, task: Task, strategy: Strategy,
@@ -125,6 +126,12 @@ class _RoundRecorder:
         self._model = task.make_model()
         self._test = task.test_data(None)
         aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+        configure_evaluate = strategy.configure_evaluate
+        every = scenario.evaluation.federated_every
+
+        def evaluate_when_due(server_round: int, *args: Any) -> Any:
+            return configure_evaluate(server_round, *args) if every and (
+                server_round % every == 0 or server_round == scenario.rounds) else []
 
         def train_hook(server_round: int, replies: Any) -> Any:
             arrays, metrics = aggregate_train(server_round, replies)
@@ -138,6 +145,7 @@ class _RoundRecorder:
 
         strategy.aggregate_train = train_hook  # type: ignore[method-assign]
         strategy.aggregate_evaluate = evaluate_hook  # type: ignore[method-assign]
+        strategy.configure_evaluate = evaluate_when_due  # type: ignore[method-assign]
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         record: dict[str, Any] = {"round": server_round}

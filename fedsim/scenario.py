@@ -272,7 +272,9 @@ class BackendSpec(Spec):
 
 class EvaluationSpec(Spec):
     centralized_every: int = Field(default=1, ge=0, description="0 = never")
-    federated_fraction: float = Field(default=0.0, ge=0, le=1)
+    federated_every: int = Field(
+        default=1, ge=0, description="federated evaluation every k rounds (0 = never); how many "
+                                     "nodes evaluate is the strategy's fraction_evaluate")
 
 
 class OutputSpec(Spec):

@@ -193,3 +193,12 @@ def test_a_wait_that_cannot_end_is_a_clear_error():
     s = quadratic([0.0, 1.0], strategy={"name": "fedavg", "params": {"min_train_nodes": 3}})
     with pytest.raises(RunStalled, match="min_train_nodes"):
         simulate(s)
+
+
+def test_federated_evaluation_runs_only_every_k_rounds():
+    s = scenario(rounds=4, evaluation={"centralized_every": 0, "federated_every": 2},
+                 strategy={"name": "fedavg", "params": {"fraction_evaluate": 1.0}})
+    records = simulate(s).records
+    evaluated = [r["round"] for r in records if "federated_accuracy" in r]
+    assert evaluated == [2, 4]
+    assert all("accuracy" not in r for r in records)  # no centralized evaluation
