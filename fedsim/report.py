@@ -29,6 +29,7 @@ class RunData:
     seed: int
     records: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def _is_run(path: Path) -> bool:
@@ -56,16 +57,38 @@ def collect(paths: list[Path]) -> list[RunData]:
 def _load(run_dir: Path) -> RunData:
     point_file, summary_file = run_dir / "point.json", run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    overrides: dict[str, Any] = {}
     if point_file.is_file():
         point = json.loads(point_file.read_text())
-        group, seed = point["label"], int(point["seed"])
+        group, seed, overrides = point["label"], int(point["seed"]), point.get("overrides", {})
     else:
         group, seed = f"{summary.get('name')}/{summary.get('strategy')}", summary.get("seed", 0)
     error_file = run_dir / "error.txt"
     if not summary_file.is_file():
         error = error_file.read_text().strip() if error_file.is_file() else "did not finish"
-        return RunData(run_dir, group, seed, error=error)
-    return RunData(run_dir, group, seed, read_metrics(run_dir))
+        return RunData(run_dir, group, seed, error=error, overrides=overrides)
+    return RunData(run_dir, group, seed, read_metrics(run_dir), overrides=overrides)
+
+
+def display_names(runs: list[RunData]) -> dict[str, str]:
+    """Short names for legends and tables: `fedau, noise_sigma=0.01` rather than the full point.
+
+    A mapping with a `name` shows as that name, a dotted key as its last part; the full
+    label is kept for every group if the short ones would collide.
+    """
+    def short(run: RunData) -> str:
+        parts = []
+        for key, value in run.overrides.items():
+            if isinstance(value, dict) and "name" in value:
+                parts.append(str(value["name"]))
+            elif key.endswith(".name"):
+                parts.append(str(value))
+            else:
+                parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+        return ", ".join(parts) or run.group
+
+    names = {r.group: short(r) for r in runs}
+    return names if len(set(names.values())) == len(names) else {g: g for g in names}
 
 
 def _metric(runs: list[RunData]) -> str:
@@ -123,6 +146,7 @@ def plot_curves(runs: list[RunData], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     key = _metric(runs)
+    names = display_names(runs)
     axes_spec = [("round", "round"), ("virtual_time_s", "virtual time (s)"),
                  ("bytes", "bytes sent (up + down)")]
     paths = []
@@ -139,7 +163,7 @@ def plot_curves(runs: list[RunData], out_dir: Path) -> list[Path]:
             xs = np.mean([c[0][:length] for c in curves], axis=0)
             ys = np.array([c[1][:length] for c in curves])
             mean, std = ys.mean(axis=0), ys.std(axis=0)
-            ax.plot(xs, mean, label=group)
+            ax.plot(xs, mean, label=names[group])
             ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
             drawn = True
         if not drawn:
@@ -187,7 +211,8 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4g}"
 
 
-def _display_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def _display_rows(rows: list[dict[str, Any]], names: dict[str, str]
+                  ) -> tuple[list[str], list[list[str]]]:
     key = rows[0]["metric"] if rows else "accuracy"
     header = ["point", "seeds", "failed", f"final {key}", f"best {key}"]
     with_target = any("reached_target" in r for r in rows)
@@ -195,7 +220,7 @@ def _display_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
         header += ["reached target", "rounds to target", "virtual s to target", "bytes to target"]
     body = []
     for row in rows:
-        line = [row["group"], str(row["seeds"]), str(row["failed"]),
+        line = [names.get(row["group"], row["group"]), str(row["seeds"]), str(row["failed"]),
                 _cell(row, f"final_{key}"), _cell(row, f"best_{key}")]
         if with_target:
             line += [f"{row['reached_target']}/{row['seeds']}",
@@ -210,7 +235,7 @@ def write_report(runs: list[RunData], out_dir: Path, target: float | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, target)
     plots = plot_curves(runs, out_dir)
-    header, body = _display_rows(rows)
+    header, body = _display_rows(rows, display_names(runs))
     failures = [(r.group, r.seed, r.error) for r in runs if r.error]
     md = ["# Comparison report", "", f"{len(runs)} runs, {len(rows)} points"
           + (f", target accuracy {target}" if target else ""), "",

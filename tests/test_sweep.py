@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedsim.report import collect, write_report
+from fedsim.report import collect, display_names, write_report
 from fedsim.results import read_metrics
 from fedsim.sweep import SweepSpec, expand, run_sweep
 
@@ -79,7 +79,9 @@ def test_report_table_equals_the_values_recomputed_from_the_runs(finished_sweep)
         if rounds_to_target:
             assert row["rounds_to_target_mean"] == pytest.approx(np.mean(rounds_to_target))
     markdown = (finished_sweep / "report" / "report.md").read_text()
-    assert all(group in markdown for group in rows)
+    names = display_names(runs)
+    assert len(set(names.values())) == 4
+    assert all(f"| {names[group]} |" in markdown for group in rows)
 
 
 def test_a_sweep_killed_halfway_resumes_without_rerunning_and_reports_the_same(
