@@ -38,7 +38,7 @@ def _params_model(cls: type, skip: tuple[str, ...] = ()) -> type[BaseModel]:
 
 
 def _summary(cls: type) -> str:
-    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    return "Flower: " + (cls.__doc__ or cls.__name__).strip().splitlines()[0]
 
 
 def _builder(cls: type) -> Callable[[BaseModel, BuildContext], Any]:
