@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from fedsim.scenario import LinkSpec
+from fedsim.training import array_from_numpy, array_to_numpy
 
 
 def array_nbytes(array: Array) -> int:
@@ -46,11 +47,11 @@ def add_noise(content: RecordDict, sigma: float, gen: np.random.Generator) -> Re
         if isinstance(record, ArrayRecord):
             arrays = {}
             for name, array in record.items():
-                values = array.numpy()
+                values = array_to_numpy(array)
                 if np.issubdtype(values.dtype, np.floating):
                     noise = gen.standard_normal(values.shape) * sigma
                     values = (values + noise).astype(values.dtype)
-                arrays[name] = Array(values)
+                arrays[name] = array_from_numpy(values)
             noisy[key] = ArrayRecord(arrays)
         else:
             noisy[key] = record

@@ -6,12 +6,17 @@ definition of "a local step" is the same for all strategies.
 
 from __future__ import annotations
 
+import functools
+import io
+import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.common.constant import SType
 
 from fedsim.scenario import TrainingSpec
 from fedsim.tasks import Dataset, Task
@@ -98,17 +103,58 @@ def local_sgd(model: torch.nn.Module, task: Task, data: Dataset, config: TrainCo
 
 
 def model_to_arrays(model: torch.nn.Module) -> ArrayRecord:
-    return ArrayRecord(model.state_dict())
+    """The model's state dict as an ArrayRecord (the bytes `ArrayRecord(state_dict)` makes)."""
+    record = ArrayRecord()
+    for key, tensor in model.state_dict().items():
+        record[key] = array_from_numpy(tensor.detach().cpu().numpy())
+    return record
 
 
 def arrays_to_model(model: torch.nn.Module, arrays: ArrayRecord) -> torch.nn.Module:
-    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+    state = OrderedDict((k, torch.from_numpy(array_to_numpy(a))) for k, a in arrays.items())
+    model.load_state_dict(state, strict=True)
     return model
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The header `np.save` writes for a C-ordered array of this dtype and shape."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.empty(shape, dtype=dtype), allow_pickle=False)
+    data = buffer.getvalue()
+    return data[:len(data) - np.dtype(dtype).itemsize * math.prod(shape)]
+
+
+def array_from_numpy(values: np.ndarray) -> Array:
+    """`Array(values)`, byte for byte, without `np.save`'s per-call header formatting.
+
+    Models go through this twice per job; Flower's path spends as long formatting and
+    parsing the npy header as copying a small model's weights.
+    """
+    if not values.flags.c_contiguous or values.dtype.hasobject:
+        return Array(values)
+    header = _npy_header(values.dtype.str, values.shape)
+    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=SType.NUMPY,
+                 data=header + values.tobytes())
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """`array.numpy()` (a writable copy), reading the npy header only if it is not the usual one."""
+    if array.stype == SType.NUMPY:
+        dtype = np.dtype(array.dtype)
+        shape = tuple(array.shape)
+        if not dtype.hasobject:
+            header = _npy_header(dtype.str, shape)
+            if array.data.startswith(header):
+                values = np.frombuffer(array.data, dtype=dtype, offset=len(header))
+                if values.size == math.prod(shape):
+                    return values.reshape(shape).copy()
+    return array.numpy()
 
 
 def flatten(arrays: ArrayRecord) -> np.ndarray:
     """All arrays of a record as one float64 vector (for inner products, norms)."""
-    parts = [a.numpy().ravel() for a in arrays.values()]
+    parts = [array_to_numpy(a).ravel() for a in arrays.values()]
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
@@ -116,8 +162,8 @@ def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
     """Arrays shaped and typed like `like`, filled from a flat vector."""
     out, offset = {}, 0
     for key, array in like.items():
-        template = array.numpy()
+        template = array_to_numpy(array)
         size = template.size
         out[key] = vector[offset:offset + size].reshape(template.shape).astype(template.dtype)
         offset += size
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.items()})
+    return ArrayRecord({k: array_from_numpy(np.ascontiguousarray(v)) for k, v in out.items()})

@@ -1,0 +1,324 @@
+"""round_overhead: seconds per FedAvg round, fedsim vs a plain PyTorch loop vs Flower.
+
+The workload (defaults): 100 nodes, 20 sampled per round (FedAvg, fraction_train=0.2),
+600 MNIST-shaped (1x28x28) samples each from the `synthetic_images` task, one local
+epoch of its small CNN (batch 32, SGD lr 0.05), no evaluation. Every system runs the
+same local training code (`fedsim.training.local_sgd` on the task's data, one torch
+thread per worker), so the differences are orchestration overhead:
+
+  (a) plain   multiprocessing.Pool of W processes; each trains its share of the round's
+              nodes; the model goes out as a numpy state dict, is averaged in the parent.
+  (b) fedsim  `fedsim.runner.simulate` on the ray backend with W actors.
+  (c) flower  `flwr.simulation.run_simulation`, Ray backend, `num_cpus: 1` per client
+              (W concurrent actors on W cores), a ServerApp running Flower's FedAvg.
+
+Each system runs in its own process for `--warmup` + `--rounds` rounds; a round's time is
+the gap between consecutive end-of-round timestamps taken by the server side (fedsim's
+round records, Flower's `evaluate_fn` hook, the plain loop's own clock), so start-up
+(Ray, actors, imports) and the warm-up rounds are excluded. Targets (issue text):
+(b)/(a) <= 1.15 and (c)/(b) >= 2.5. The script only reports; it always exits 0.
+
+    .venv/bin/python benchmarks/round_overhead.py [--rounds 5] [--warmup 1] [--workers 2]
+        [--nodes 100] [--per-round 20] [--samples 600] [--systems plain,fedsim,flower]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import PROCESS_START, emit, load_average, per_round, run_system, summarise, table
+
+SYSTEMS = ("plain", "fedsim", "flower")
+TARGET_VS_PLAIN = 1.15
+TARGET_VS_FLOWER = 2.5
+
+
+def bench_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    """The fedsim scenario of the workload; (a) and (c) build their task from it too."""
+    return {
+        "name": "round-overhead", "seed": 0, "rounds": args.warmup + args.rounds,
+        "task": {"name": "synthetic_images", "model": "cnn", "partition": {"kind": "iid"},
+                 "params": {"num_samples": args.samples, "image_shape": [1, 28, 28]}},
+        "training": {"lr": 0.05, "local_epochs": 1, "batch_size": 32},
+        "clients": {"count": args.nodes},
+        "strategy": {"name": "fedavg", "params": {
+            "fraction_train": args.per_round / args.nodes, "fraction_evaluate": 0.0}},
+        "backend": {"kind": "ray", "num_actors": args.workers},
+        "evaluation": {"centralized_every": 0},
+    }
+
+
+def scenario_json(args: argparse.Namespace) -> str:
+    return json.dumps(bench_scenario(args))
+
+
+def build_task(scenario_json_: str, cache: dict[str, Any]) -> Any:
+    """The workload's task, built once per process (`cache` is that process's)."""
+    if scenario_json_ not in cache:
+        from fedsim.scenario import parse_scenario
+        from fedsim.tasks import make_task
+
+        cache[scenario_json_] = make_task(parse_scenario(json.loads(scenario_json_)))
+    return cache[scenario_json_]
+
+
+# --------------------------------------------------------------------------- (a) plain
+
+
+_PLAIN: dict[str, Any] = {}  # a plain worker process's scenario and task
+
+
+def _plain_init(scenario_json_: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _PLAIN["json"] = scenario_json_
+
+
+def _plain_train(state: dict[str, Any], nodes: list[int], round_: int
+                 ) -> list[tuple[dict[str, Any], int, float]]:
+    import torch
+
+    from fedsim.seeding import int_seed
+    from fedsim.training import TrainConfig, local_sgd
+
+    task = build_task(_PLAIN["json"], _PLAIN)
+    config = TrainConfig(lr=0.05, local_epochs=1, batch_size=32)
+    out = []
+    for node in nodes:
+        torch.manual_seed(int_seed(0, "job", node, round_, 0))
+        model = task.make_model()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        data = task.train_data(node)
+        _, loss = local_sgd(model, task, data, config)
+        out.append(({k: v.detach().numpy() for k, v in model.state_dict().items()}, len(data),
+                    loss))
+    return out
+
+
+def run_plain(args: argparse.Namespace) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    import numpy as np
+    import torch
+
+    task = build_task(scenario_json(args), {})
+    torch.manual_seed(0)
+    state = {k: v.numpy() for k, v in task.make_model().state_dict().items()}
+    sampler = random.Random(0)
+    with mp.get_context("spawn").Pool(args.workers, _plain_init, (scenario_json(args),)) as pool:
+        pool.map(abs, range(args.workers))  # processes are up
+        stamps = [time.perf_counter()]
+        for round_ in range(1, args.warmup + args.rounds + 1):
+            nodes = sampler.sample(range(args.nodes), args.per_round)
+            chunks = [(state, nodes[w::args.workers], round_) for w in range(args.workers)]
+            replies = [r for chunk in pool.starmap(_plain_train, chunks) for r in chunk]
+            total = sum(n for _, n, _ in replies)
+            state = {k: sum(s[k] * (n / total) for s, n, _ in replies).astype(np.float32)
+                     for k in state}
+            loss = sum(lo * n / total for _, n, lo in replies)
+            stamps.append(time.perf_counter())
+    return {"stamps": stamps, "train_loss": loss}
+
+
+# --------------------------------------------------------------------------- (b) fedsim
+
+
+def run_fedsim(args: argparse.Namespace) -> dict[str, Any]:
+    from fedsim.runner import simulate
+    from fedsim.scenario import parse_scenario
+
+    stamps: list[float] = []
+
+    class Stamp:
+        def on_run_start(self, scenario: Any) -> None: ...
+
+        def on_round_end(self, record: dict[str, Any]) -> None:
+            stamps.append(time.perf_counter())
+
+        def on_run_end(self, summary: dict[str, Any], arrays: Any) -> None: ...
+
+    result = simulate(parse_scenario(bench_scenario(args)), callbacks=[Stamp()])
+    return {"stamps": stamps, "train_loss": result.records[-1].get("train_loss")}
+
+
+# --------------------------------------------------------------------------- (c) flower
+
+
+def _flower_apps(scenario_json_: str, num_rounds: int, fraction: float, stamp_file: str
+                 ) -> tuple[Any, Any]:
+    """A ServerApp (Flower's FedAvg, stamps each round end) and a ClientApp (same training)."""
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    tasks: dict[str, Any] = {}  # travels with the ClientApp to each Ray actor
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        import torch
+
+        from fedsim.seeding import int_seed
+        from fedsim.training import TrainConfig, arrays_to_model, local_sgd, model_to_arrays
+
+        torch.set_num_threads(1)
+        task = build_task(scenario_json_, tasks)
+        node = int(context.node_config["partition-id"])
+        config = message.content["config"]
+        torch.manual_seed(int_seed(0, "job", node, int(config.get("server-round", 0)), 0))
+        model = arrays_to_model(task.make_model(), message.content["arrays"])
+        data = task.train_data(node)
+        _, loss = local_sgd(model, task, data, TrainConfig.from_record(config))
+        metrics = MetricRecord({"num-examples": len(data), "train_loss": loss})
+        return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": metrics}),
+                       reply_to=message)
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        import torch
+
+        from fedsim.training import TrainConfig
+
+        task = build_task(scenario_json_, {})
+        torch.manual_seed(0)
+        arrays = ArrayRecord(task.make_model().state_dict())
+
+        def stamp(server_round: int, _arrays: ArrayRecord) -> None:
+            with open(stamp_file, "a") as f:
+                f.write(f"{server_round} {time.perf_counter()}\n")
+
+        strategy = FedAvg(fraction_train=fraction, fraction_evaluate=0.0)
+        result = strategy.start(grid, arrays, num_rounds=num_rounds, evaluate_fn=stamp,
+                                train_config=TrainConfig(lr=0.05, local_epochs=1, batch_size=32)
+                                .to_record())
+        last = result.train_metrics_clientapp.get(num_rounds)
+        Path(stamp_file + ".loss").write_text(str(last["train_loss"]) if last else "nan")
+
+    return server_app, client_app
+
+
+def run_flower(args: argparse.Namespace) -> dict[str, Any]:
+    from flwr.simulation import run_simulation
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        stamp_file = str(Path(tmp) / "stamps.txt")
+        server_app, client_app = _flower_apps(scenario_json(args), args.warmup + args.rounds,
+                                              args.per_round / args.nodes, stamp_file)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=args.nodes,
+                       backend_name="ray",
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": args.workers}})
+        lines = Path(stamp_file).read_text().split() if Path(stamp_file).exists() else []
+        loss_file = Path(stamp_file + ".loss")
+        loss = float(loss_file.read_text()) if loss_file.exists() else float("nan")
+    stamps = [float(t) for t in lines[1::2]]
+    return {"stamps": stamps, "train_loss": loss}
+
+
+RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower": run_flower}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Child process: run one system, print its RESULT line."""
+    result = RUNNERS[args.system](args)
+    stamps = result.pop("stamps")
+    expected = args.warmup + args.rounds + 1
+    if len(stamps) != expected:
+        emit({"system": args.system, "error": f"{len(stamps)} round stamps, expected {expected}"})
+        return
+    emit({"system": args.system, **result, "rounds": per_round(stamps, args.warmup),
+          "startup_s": stamps[0] - PROCESS_START,
+          "warmup_s": stamps[args.warmup] - stamps[0]})
+
+
+def report(args: argparse.Namespace) -> None:
+    child_args = [f"--{k.replace('_', '-')}={v}" for k, v in
+                  (("rounds", args.rounds), ("warmup", args.warmup), ("workers", args.workers),
+                   ("nodes", args.nodes), ("per_round", args.per_round),
+                   ("samples", args.samples))]
+    print(f"round_overhead: {args.nodes} nodes, {args.per_round} per round, {args.samples} "
+          f"samples of 1x28x28 each, 1 local epoch of a small CNN; {args.workers} workers; "
+          f"{args.warmup} warm-up + {args.rounds} measured rounds; cpus={os.cpu_count()}; "
+          f"load average before: {load_average()}", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for system in args.systems.split(","):
+        results[system] = run_system(__file__, system, child_args, args.timeout)
+        r = results[system]
+        status = r.get("error") or f"{summarise(r['rounds'])['mean']:.3f} s/round"
+        print(f"  {system}: {status}", flush=True)
+    rows = [["system", "s/round mean", "median", "min", "max", "startup s", "warm-up s",
+             "process s", "last train loss"]]
+    for system, r in results.items():
+        if "error" in r:
+            rows.append([system, "error", "", "", "", "", "", "", ""])
+            continue
+        s = summarise(r["rounds"])
+        rows.append([system, f"{s['mean']:.3f}", f"{s['median']:.3f}", f"{s['min']:.3f}",
+                     f"{s['max']:.3f}", f"{r['startup_s']:.1f}", f"{r['warmup_s']:.1f}",
+                     f"{r['process_s']:.1f}", f"{r.get('train_loss') or float('nan'):.4f}"])
+    print()
+    print(table(rows))
+    print(f"load average after: {load_average()}")
+
+    def mean(system: str) -> float | None:
+        r = results.get(system)
+        return summarise(r["rounds"])["mean"] if r and "error" not in r else None
+
+    plain, fedsim, flower = mean("plain"), mean("fedsim"), mean("flower")
+    print()
+    if plain and fedsim:
+        ratio = fedsim / plain
+        verdict = "meets" if ratio <= TARGET_VS_PLAIN else "misses"
+        print(f"(b)/(a) fedsim / plain  = {ratio:.3f}   target <= {TARGET_VS_PLAIN} ({verdict})")
+    if fedsim and flower:
+        ratio = flower / fedsim
+        verdict = "meets" if ratio >= TARGET_VS_FLOWER else "misses"
+        print(f"(c)/(b) flower / fedsim = {ratio:.3f}   target >= {TARGET_VS_FLOWER} ({verdict})")
+    for system, r in results.items():
+        if "error" in r:
+            print(f"{system} failed: {r['error']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="rounds not measured (default 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes / actors / concurrent clients (default: cpu count)")
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=600, help="training samples per node")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated subset of plain,fedsim,flower")
+    parser.add_argument("--timeout", type=float, default=600, help="per system, seconds")
+    parser.add_argument("--json", help="also write the raw per-round figures here")
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args()
+    if args.system:
+        measure(args)
+    else:
+        report(args)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
