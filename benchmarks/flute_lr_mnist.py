@@ -1,0 +1,156 @@
+"""flute_lr_mnist: FLUTE's logistic-regression-on-MNIST comparison, fedsim vs plain vs Flower.
+
+FLUTE (Dimitriadis et al., 2022) reports 9x over Flower 1.0 on CPU for logistic
+regression on MNIST: 1,000 clients, 10 per round, batch 10, lr 0.03. The same
+workload here on MNIST-shaped synthetic data (`synthetic_images`, model `logreg`:
+784 -> 10 linear, 60 samples per client = MNIST's 60,000 / 1,000, one local epoch),
+no evaluation. Systems, each in its own process:
+
+  plain          one Python process: sample 10 clients, `local_sgd` each in turn,
+                 average the state dicts weighted by samples (the floor).
+  fedsim-inline  `fedsim.runner.simulate`, backend inline (one process, like plain).
+  fedsim         `fedsim.runner.simulate`, backend ray, `--workers` actors.
+  flower         `flwr.simulation.run_simulation` with Flower's FedAvg (Ray backend).
+
+Targets: fedsim within 1.5x of plain (best fedsim backend / plain <= 1.5) and
+flower / fedsim >= 5. Each round does very little work (10 x 6 batches of 10 x 784),
+so these ratios measure per-round and per-client overhead.
+
+    .venv/bin/python benchmarks/flute_lr_mnist.py [--rounds 20] [--warmup 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from typing import Any
+
+from _common import (
+    cached_task,
+    child_argv,
+    emit,
+    fedsim_stamps,
+    flower_fedavg_stamps,
+    load_average,
+    mean_round,
+    print_errors,
+    round_result,
+    round_table,
+    run_all,
+    verdict,
+)
+
+SYSTEMS = ("plain", "fedsim-inline", "fedsim", "flower")
+TARGET_VS_PLAIN = 1.5
+TARGET_VS_FLOWER = 5.0
+
+
+def scenario(args: argparse.Namespace, backend: str = "ray") -> dict[str, Any]:
+    return {
+        "name": "flute-lr-mnist", "seed": 0, "rounds": args.warmup + args.rounds,
+        "task": {"name": "synthetic_images", "model": "logreg", "partition": {"kind": "iid"},
+                 "params": {"num_samples": args.samples, "image_shape": [1, 28, 28]}},
+        "training": {"lr": 0.03, "local_epochs": 1, "batch_size": 10},
+        "clients": {"count": args.nodes},
+        # int(nodes * fraction) = per_round exactly (Flower truncates)
+        "strategy": {"name": "fedavg", "params": {
+            "fraction_train": (args.per_round + 0.5) / args.nodes, "fraction_evaluate": 0.0}},
+        "backend": {"kind": backend, "num_actors": args.workers},
+        "evaluation": {"centralized_every": 0, "federated_every": 0},
+    }
+
+
+def run_plain(args: argparse.Namespace) -> tuple[list[float], float]:
+    import torch
+
+    from fedsim.seeding import int_seed
+    from fedsim.training import TrainConfig, local_sgd
+
+    torch.set_num_threads(1)
+    task = cached_task(scenario(args), {})
+    config = TrainConfig(lr=0.03, local_epochs=1, batch_size=10)
+    torch.manual_seed(0)
+    model = task.make_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    sampler = random.Random(0)
+    stamps, loss = [time.perf_counter()], float("nan")
+    for round_ in range(1, args.warmup + args.rounds + 1):
+        total, acc, loss_sum = 0, {k: torch.zeros_like(v) for k, v in state.items()}, 0.0
+        for node in sampler.sample(range(args.nodes), args.per_round):
+            torch.default_generator.manual_seed(int_seed(0, "job", node, round_, 0))
+            model.load_state_dict(state)
+            data = task.train_data(node)
+            _, node_loss = local_sgd(model, task, data, config)
+            for k, v in model.state_dict().items():
+                acc[k] += v * len(data)
+            total += len(data)
+            loss_sum += node_loss * len(data)
+        state = {k: v / total for k, v in acc.items()}
+        loss = loss_sum / total
+        stamps.append(time.perf_counter())
+    return stamps, loss
+
+
+def run_fedsim(args: argparse.Namespace) -> tuple[list[float], float]:
+    backend = "inline" if args.system == "fedsim-inline" else "ray"
+    stamps, result = fedsim_stamps(scenario(args, backend))
+    return stamps, result.records[-1].get("train_loss", float("nan"))
+
+
+def run_flower(args: argparse.Namespace) -> tuple[list[float], float]:
+    return flower_fedavg_stamps(scenario(args), args.workers)
+
+
+RUNNERS = {"plain": run_plain, "fedsim-inline": run_fedsim, "fedsim": run_fedsim,
+           "flower": run_flower}
+
+
+def report(args: argparse.Namespace) -> None:
+    print(f"flute_lr_mnist: logreg 784->10, {args.nodes} clients x {args.samples} samples, "
+          f"{args.per_round} per round, batch 10, lr 0.03; {args.workers} workers; "
+          f"{args.warmup} warm-up + {args.rounds} measured rounds; cpus={os.cpu_count()}; "
+          f"load average before: {load_average()}", flush=True)
+    argv = child_argv(args, ("rounds", "warmup", "workers", "nodes", "per_round", "samples"))
+    results = run_all(__file__, args.systems.split(","), argv, args.timeout,
+                      lambda r: f"{sum(r['rounds']) / len(r['rounds']):.4f} s/round")
+    print()
+    print(round_table(results, ["train_loss"]))
+    print(f"load average after: {load_average()}\n")
+    plain, flower = mean_round(results, "plain"), mean_round(results, "flower")
+    fedsims = {s: t for s in ("fedsim-inline", "fedsim") if (t := mean_round(results, s))}
+    for system, t in fedsims.items():
+        print(verdict(f"{system} / plain", t / plain if plain else None, TARGET_VS_PLAIN, False))
+        print(verdict(f"flower / {system}", flower / t if flower else None, TARGET_VS_FLOWER,
+                      True))
+    print_errors(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=60, help="training samples per client")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--quick", action="store_true", help="10 measured rounds")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 10
+    if args.system:
+        stamps, loss = RUNNERS[args.system](args)
+        emit(round_result(args.system, stamps, args.warmup, args.rounds, train_loss=loss))
+    else:
+        report(args)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
