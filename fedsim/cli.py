@@ -74,19 +74,35 @@ def new_run_dir(scenario: Scenario) -> Path:
 
 @app.command()
 def run(
-    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", show_default=False)],
+    scenario_file: Annotated[Path | None, typer.Argument(
+        help="Scenario YAML file (not with --resume).", show_default=False)] = None,
     overrides: Overrides = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: output.dir/NAME-TIME).")
                    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run in this directory from its last checkpoint "
+             "(scenario from its resolved.yaml).", show_default=False)] = None,
 ) -> None:
     """Run a scenario and write its run directory (metrics, summary, plots)."""
+    from fedsim.checkpoint import CheckpointError, save_arrays
     from fedsim.results import RunWriter
     from fedsim.runner import Diverged, RunStalled, simulate
     from topologies import TopologyError
 
-    scenario = load_or_fail(scenario_file, overrides)
-    run_dir = out or new_run_dir(scenario)
+    if resume is not None:
+        if scenario_file is not None or overrides or out is not None:
+            fail("--resume RUN_DIR takes the scenario and directory from RUN_DIR; "
+                 "give no scenario file, --set or --out with it")
+        if not (resume / "resolved.yaml").is_file():
+            fail(f"{resume}: not a run directory (no resolved.yaml)")
+        scenario = load_or_fail(resume / "resolved.yaml", None)
+        run_dir = resume
+    elif scenario_file is None:
+        fail("give a scenario file, or --resume RUN_DIR")
+    else:
+        scenario = load_or_fail(scenario_file, overrides)
+        run_dir = out or new_run_dir(scenario)
     writer = RunWriter(run_dir, plots=scenario.output.plots)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
@@ -94,11 +110,14 @@ def run(
     try:
         with progress:
             bar = ProgressBar(progress, scenario.rounds)
-            result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir))
-    except (ScenarioError, TopologyError, RunStalled) as exc:
+            result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir),
+                              run_dir=run_dir, resume=resume is not None)
+    except (ScenarioError, TopologyError, RunStalled, CheckpointError) as exc:
         fail(str(exc))
     except Diverged as exc:
         fail(f"{exc}; metrics up to the last finite round are in {run_dir}", code=1)
+    if result.arrays is not None:
+        save_arrays(run_dir / "model.npz", result.arrays)
     table = Table(show_header=False, box=None)
     for key, value in result.summary.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))

@@ -1,10 +1,13 @@
 """The client pool: workers that execute the ClientApp for many virtual nodes.
 
-A worker hosts a fixed subset of the virtual nodes (node index modulo the
-number of workers), so each node's data shard and its Flower `Context.state`
-(error-feedback memory, control variates, dual variables...) stay where they
-are across rounds. The driver sends a worker all of its jobs of a push in one
-call, and a broadcast payload crosses to each worker once, not once per node.
+Each push is spread evenly over the workers (a round's time is its busiest
+worker's), except that a node whose Flower `Context.state` holds anything
+(error-feedback memory, control variates, dual variables...) is pinned to the
+worker that holds it, so that state stays where it is across rounds. Stateless
+nodes (plain FedAvg) go wherever there is room; results do not depend on the
+placement, since every job seeds torch with its own key. The driver sends a
+worker all of its jobs of a push in one call, and a broadcast payload crosses
+to each worker once, not once per node.
 
 `InlinePool` runs the workers in the driver process (tests, debugging);
 `RayPool` runs them as Ray actors. Both execute the same `ClientWorker` code, so
@@ -50,6 +53,7 @@ class JobResult:
     content: RecordDict | None = None
     error_code: int = 0
     error_reason: str = ""
+    stateful: bool = False  # the node's Context.state holds something: pin it to this worker
 
 
 @dataclass
@@ -107,28 +111,41 @@ class ClientWorker:
                               group_id=job.group_id)
             message.metadata.__dict__["_message_id"] = job.message_id
             TaskIdentity.node_id = job.node_id
-            torch.manual_seed(job.seed)
+            torch.default_generator.manual_seed(job.seed)  # CPU only: torch.manual_seed is slow
+            context = self.context(job.node_id, job.partition_id)
             try:
-                reply = self.app(message, self.context(job.node_id, job.partition_id))
+                reply = self.app(message, context)
             except Exception as exc:  # a client's crash must not take the round down
                 reason = f"{type(exc).__name__}: {exc}"
                 if reason not in self._errors_seen:
                     self._errors_seen.add(reason)
-                    log.warning("node %d raised %s", job.node_id, reason)
+                    log.debug("node %d raised %s", job.node_id, reason)  # the driver logs it
                 results.append(JobResult(job.message_id, None,
-                                         ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason))
+                                         ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason,
+                                         stateful=len(context.state) > 0))
                 continue
             finally:
                 TaskIdentity.node_id = SUPERLINK_NODE_ID
+            stateful = len(context.state) > 0
             if reply.has_error():
                 results.append(JobResult(job.message_id, None, reply.error.code,
-                                         reply.error.reason or ""))
+                                         reply.error.reason or "", stateful=stateful))
             else:
-                results.append(JobResult(job.message_id, reply.content))
+                results.append(JobResult(job.message_id, reply.content, stateful=stateful))
         return results
 
     def ping(self) -> int:
         return os.getpid()
+
+    def get_states(self) -> dict[int, tuple[int, RecordDict]]:
+        """Each node's (partition id, Context.state) that holds anything (for checkpoints)."""
+        return {node: (int(c.node_config["partition-id"]), c.state)
+                for node, c in self.contexts.items() if len(c.state) > 0}
+
+    def set_states(self, states: dict[int, tuple[int, RecordDict]]) -> None:
+        """Put back node states saved by `get_states` (when resuming a run)."""
+        for node, (partition, state) in states.items():
+            self.context(node, partition).state = state
 
 
 class Pool(Protocol):
@@ -139,11 +156,39 @@ class Pool(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _split(jobs: list[Job], num_workers: int) -> dict[int, list[Job]]:
+def _split(jobs: list[Job], num_workers: int, pinned: dict[int, int]) -> dict[int, list[Job]]:
+    """Jobs per worker: pinned nodes to their worker, the rest evenly, in push order.
+
+    All jobs of one node in a push go to the same worker, in order. The split is
+    a pure function of its inputs, so it is the same on every run.
+    """
+    by_node: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_node.setdefault(job.node_id, []).append(job)
+    load = [0] * num_workers
+    worker_of: dict[int, int] = {}
+    for node, node_jobs in by_node.items():
+        if node in pinned:
+            worker_of[node] = pinned[node] % num_workers
+            load[worker_of[node]] += len(node_jobs)
+    for node, node_jobs in by_node.items():
+        if node not in worker_of:
+            worker_of[node] = min(range(num_workers), key=load.__getitem__)
+            load[worker_of[node]] += len(node_jobs)
     batches: dict[int, list[Job]] = {}
     for job in jobs:
-        batches.setdefault(job.partition_id % num_workers, []).append(job)
+        batches.setdefault(worker_of[job.node_id], []).append(job)
     return batches
+
+
+def _pin(batches: dict[int, list[Job]], results: list[JobResult], pinned: dict[int, int]
+         ) -> None:
+    """Pin every node that now keeps state to the worker that ran it."""
+    stateful = {r.message_id for r in results if r.stateful}
+    for worker, batch in batches.items():
+        for job in batch:
+            if job.message_id in stateful:
+                pinned.setdefault(job.node_id, worker)
 
 
 def _in_job_order(jobs: list[Job], results: list[JobResult]) -> list[JobResult]:
@@ -164,12 +209,27 @@ class InlinePool:
         _set_task_identity(spec.run_id)
         self.num_workers = num_workers
         self.workers = [ClientWorker(spec) for _ in range(num_workers)]
+        self._pinned: dict[int, int] = {}  # node id -> worker holding its state
 
     def execute(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
         results: list[JobResult] = []
-        for w, batch in sorted(_split(jobs, self.num_workers).items()):
+        batches = _split(jobs, self.num_workers, self._pinned)
+        for w, batch in sorted(batches.items()):
             results.extend(self.workers[w].run(batch, payloads))
+        _pin(batches, results, self._pinned)
         return _in_job_order(jobs, results)
+
+    def get_states(self) -> dict[str, Any]:
+        """Every node's Context.state and the worker it is pinned to (for checkpoints)."""
+        states: dict[int, Any] = {}
+        for worker in self.workers:
+            states.update(worker.get_states())
+        return {"pinned": dict(self._pinned), "states": states}
+
+    def set_states(self, saved: dict[str, Any]) -> None:
+        self._pinned = dict(saved["pinned"])
+        for node, state in saved["states"].items():
+            self.workers[self._pinned.get(node, 0) % self.num_workers].set_states({node: state})
 
     def shutdown(self) -> None:
         self.workers.clear()
@@ -184,6 +244,9 @@ class RayPool:
 
         _set_task_identity(spec.run_id)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        # Ray starts workers at nice 15: on a busy machine the actors doing all the
+        # training would get a fraction of a core. Only a cluster started here is affected.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, num_cpus=None if address else os.cpu_count())
@@ -191,6 +254,7 @@ class RayPool:
         self._spec = spec
         self._actor_class = ray.remote(num_cpus=actor_cpus)(_RayWorker)
         self.num_workers = num_workers
+        self._pinned: dict[int, int] = {}  # node id -> actor holding its state
         self.actors = [self._start_actor() for _ in range(num_workers)]
         ray.get([a.ping.remote() for a in self.actors])
 
@@ -199,7 +263,7 @@ class RayPool:
 
     def execute(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
         ray = self._ray
-        batches = _split(jobs, self.num_workers)
+        batches = _split(jobs, self.num_workers, self._pinned)
         payload_refs = [ray.put(p) for p in payloads]
         futures = {w: self.actors[w].run.remote(batch, *payload_refs)
                    for w, batch in batches.items()}
@@ -210,10 +274,26 @@ class RayPool:
             except ray.exceptions.RayActorError as exc:
                 log.warning("worker %d died (%s); restarting it", w, type(exc).__name__)
                 self.actors[w] = self._start_actor()
+                self._pinned = {n: a for n, a in self._pinned.items() if a != w}  # state lost
                 reason = f"worker process died: {type(exc).__name__}"
                 results.extend(JobResult(j.message_id, None, ErrorCode.UNKNOWN, reason)
                                for j in batches[w])
+        _pin(batches, results, self._pinned)
         return _in_job_order(jobs, results)
+
+    def get_states(self) -> dict[str, Any]:
+        """Every node's Context.state and the actor it is pinned to (for checkpoints)."""
+        states: dict[int, Any] = {}
+        for part in self._ray.get([a.get_states.remote() for a in self.actors]):
+            states.update(part)
+        return {"pinned": dict(self._pinned), "states": states}
+
+    def set_states(self, saved: dict[str, Any]) -> None:
+        self._pinned = dict(saved["pinned"])
+        by_actor: dict[int, dict[int, Any]] = {}
+        for node, state in saved["states"].items():
+            by_actor.setdefault(self._pinned.get(node, 0) % self.num_workers, {})[node] = state
+        self._ray.get([self.actors[w].set_states.remote(s) for w, s in by_actor.items()])
 
     def kill_worker(self, index: int) -> None:
         """Kill one actor without restarting it (fault-injection hook for tests)."""

@@ -19,20 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
 
+from fedsim import checkpoint as ckpt
 from fedsim.devices import DevicePopulation
 from fedsim.grid import WORK_KEY, SimGrid
 from fedsim.pool import WorkerSpec, make_pool
 from fedsim.results import Callback
-from fedsim.scenario import Scenario, scenario_to_dict
+from fedsim.scenario import Scenario, ScenarioError, scenario_to_dict
 from fedsim.seeding import int_seed
 from fedsim.tasks import Task, make_task
-from fedsim.training import TrainConfig, arrays_to_model, model_to_arrays
+from fedsim.training import TrainConfig, arrays_to_model, flatten, model_to_arrays
 from strategies import BuildContext, build_strategy
 
 RUN_ID = 1
@@ -44,7 +46,10 @@ class RunStalled(RuntimeError):
 
 
 class Diverged(RuntimeError):
-    """The global model or loss became NaN/Inf."""
+    """The global model or loss became NaN/Inf; the message names the round and strategy."""
+
+
+log = logging.getLogger("fedsim.run")
 
 
 @dataclass
@@ -70,40 +75,128 @@ def run_config(scenario: Scenario) -> dict[str, Any]:
 
 
 def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
-             log_file: Path | None = None) -> RunResult:
-    """Run a scenario on simulated devices in virtual time."""
+             log_file: Path | None = None, run_dir: Path | None = None,
+             resume: bool = False, client_app: str = CLIENT_APP) -> RunResult:
+    """Run a scenario on simulated devices in virtual time.
+
+    With `run_dir`, a checkpoint is written there every `checkpoint.every` rounds;
+    with `resume`, the run continues from the checkpoint in `run_dir`.
+    `client_app` ("module:attribute") replaces the project's ClientApp (fault tests).
+    """
     torch.set_num_threads(1)  # the same float results whatever the backend
+    checkpoint = ckpt.load(run_dir) if resume and run_dir is not None else None
     task = make_task(scenario)
     devices = DevicePopulation(scenario.clients, scenario.seed,
                                labels=lambda i: task.train_data(i).y)  # for label-correlated p
     backend = scenario.backend
-    spec = WorkerSpec(CLIENT_APP, RUN_ID, scenario.clients.count, run_config(scenario))
-    pool = make_pool(backend.kind, spec, backend.num_actors, backend.actor_cpus, backend.address)
+    spec = WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
+    workers = min(backend.num_actors, scenario.clients.count) if backend.num_actors else None
+    pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
+    checkpointer = (ckpt.Checkpointer(run_dir, scenario.checkpoint.every)
+                    if run_dir is not None and scenario.checkpoint.every else None)
     try:
-        grid = SimGrid(pool, devices, scenario.channel, scenario.seed, Run.create_empty(RUN_ID))
+        grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
+                       Run.create_empty(RUN_ID))
         with _waiting_in_virtual_time(grid), flower_log_to(log_file):
-            return execute(scenario, grid, task, callbacks, devices=devices)
+            return execute(scenario, grid, task, callbacks, devices=devices,
+                           checkpointer=checkpointer, resume_from=checkpoint)
     finally:
         pool.shutdown()
 
 
 def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Callback] = (),
-            devices: DevicePopulation | None = None) -> RunResult:
+            devices: DevicePopulation | None = None,
+            checkpointer: ckpt.Checkpointer | None = None,
+            resume_from: ckpt.Checkpoint | None = None) -> RunResult:
     """Run the scenario's strategy on `grid` (simulated or deployed)."""
     random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
     for callback in callbacks:
         callback.on_run_start(scenario)
-    strategy = build_strategy(scenario, BuildContext(scenario, scenario.clients.count, devices))
-    recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks)
-    result = strategy.start(
-        grid, initial_arrays(task, scenario.seed), num_rounds=scenario.rounds,
-        timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
-        train_config=train_config(scenario),
-        evaluate_config=ConfigRecord(), evaluate_fn=recorder.end_of_round)
-    run = RunResult(scenario, recorder.records, result.arrays, recorder.summary())
+    try:
+        strategy = build_strategy(scenario, BuildContext(scenario, scenario.clients.count,
+                                                         devices))
+    except ValueError as exc:  # a builder's plain check of the scenario
+        if type(exc) is not ValueError:  # ScenarioError, TopologyError: already one line
+            raise
+        raise ScenarioError(f"strategy {scenario.strategy.name!r}: {exc}") from None
+    if (checkpointer or resume_from) and not ckpt.can_resume(strategy):
+        raise ckpt.CheckpointError(
+            f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
+            "and cannot resume from a checkpoint yet; set checkpoint.every: 0")
+    recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks, checkpointer)
+    arrays, num_rounds = initial_arrays(task, scenario.seed), scenario.rounds
+    if resume_from is not None:
+        arrays = _restore(resume_from, scenario, grid, strategy, recorder, callbacks)
+        if type(strategy).start is Strategy.start:  # Flower's loop counts rounds from 1
+            num_rounds = scenario.rounds - resume_from.round
+            _offset_rounds(strategy, resume_from.round, recorder)
+    evaluate_fn = recorder.end_of_round
+    if resume_from is not None and type(strategy).start is Strategy.start:
+        evaluate_fn = recorder.end_of_resumed_round
+    if num_rounds > 0:
+        result = strategy.start(
+            grid, arrays, num_rounds=num_rounds,
+            timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
+            train_config=train_config(scenario),
+            evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
+        final = result.arrays if result.arrays is not None else arrays
+    else:
+        final = arrays  # killed after the last round's checkpoint
+    run = RunResult(scenario, recorder.records, final, recorder.summary())
     for callback in callbacks:
         callback.on_run_end(run.summary, run.arrays)
     return run
+
+
+def _restore(checkpoint: ckpt.Checkpoint, scenario: Scenario, grid: Grid, strategy: Strategy,
+             recorder: _RoundRecorder, callbacks: Sequence[Callback]) -> ArrayRecord:
+    """Put back the state of the checkpoint's round; returns its global arrays."""
+    if checkpoint.scenario != scenario_to_dict(scenario):
+        raise ckpt.CheckpointError("the checkpoint was written for a different scenario "
+                                   "(resume with the run directory's resolved.yaml)")
+    ckpt.restore_strategy(strategy, checkpoint.strategy)
+    ckpt.set_grid_state(grid, checkpoint.grid)
+    ckpt.set_pool_state(grid, checkpoint.clients)
+    ckpt.set_random_state(checkpoint.random)
+    recorder.resume(checkpoint.records)
+    for record in checkpoint.records:  # rewrite metrics.jsonl, move progress bars
+        for callback in callbacks:
+            callback.on_round_end(record)
+    log.info("resumed from the checkpoint of round %d", checkpoint.round)
+    return checkpoint.arrays
+
+
+def _offset_rounds(strategy: Strategy, offset: int, recorder: _RoundRecorder) -> None:
+    """Make Flower's `start()`, which counts from 1, continue at round offset + 1."""
+    for name in ("configure_train", "aggregate_train", "configure_evaluate",
+                 "aggregate_evaluate"):
+        method = getattr(strategy, name)
+
+        def shifted(server_round: int, *args: Any, _method: Any = method) -> Any:
+            return _method(server_round + offset, *args)
+
+        setattr(strategy, name, shifted)
+    recorder.offset = offset
+
+
+class _ErrorLog:
+    """The pool, plus one line in the run's log for each distinct client error."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._seen: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def execute(self, jobs: list[Any], payloads: list[Any]) -> list[Any]:
+        results = self._pool.execute(jobs, payloads)
+        for job, result in zip(jobs, results, strict=True):
+            if result.content is None and result.error_reason not in self._seen:
+                self._seen.add(result.error_reason)
+                log.warning("node %d failed: %s (logged once per distinct error)",
+                            job.node_id, result.error_reason)
+        return results
 
 
 class _RoundRecorder:
@@ -117,8 +210,10 @@ class _RoundRecorder:
     """
 
     def __init__(self, scenario: Scenario, grid: Grid, task: Task, strategy: Strategy,
-                 callbacks: Sequence[Callback]) -> None:
+                 callbacks: Sequence[Callback], checkpointer: ckpt.Checkpointer | None = None
+                 ) -> None:
         self.scenario, self.grid, self.task, self.callbacks = scenario, grid, task, callbacks
+        self.strategy, self.checkpointer, self.offset = strategy, checkpointer, 0
         self.records: list[dict[str, Any]] = []
         self._train: dict[str, float] = {}
         self._federated: dict[str, float] = {}
@@ -163,13 +258,42 @@ class _RoundRecorder:
                        for k, v in self._train.items() if k != WORK_KEY})
         record.update({f"federated_{k}": v for k, v in self._federated.items()})
         self._train, self._federated = {}, {}
-        if any(not math.isfinite(v) for v in evaluated.values()):
-            raise Diverged(f"round {server_round}: the global model's loss is not finite "
-                           f"({evaluated}); strategy {self.scenario.strategy.name!r} diverged")
+        self._check_finite(server_round, arrays, record)
         self.records.append(record)
         for callback in self.callbacks:
             callback.on_round_end(record)
+        if self.checkpointer is not None and self.checkpointer.due(server_round):
+            self.checkpointer.save(server_round, scenario_to_dict(self.scenario), arrays,
+                                   self.strategy, self.grid, self.records)
         return MetricRecord(evaluated) if evaluated else None
+
+    def end_of_resumed_round(self, server_round: int, arrays: ArrayRecord
+                             ) -> MetricRecord | None:
+        """`end_of_round` for Flower's loop restarted at round offset + 1 (no round 0)."""
+        if server_round == 0:
+            return None
+        return self.end_of_round(server_round + self.offset, arrays)
+
+    def resume(self, records: list[dict[str, Any]]) -> None:
+        self.records = [dict(r) for r in records]
+        if records:  # wall time goes on from where the killed run stopped
+            self._started -= float(records[-1].get("wall_time_s") or 0.0)
+
+    def _check_finite(self, server_round: int, arrays: ArrayRecord | None,
+                      record: dict[str, Any]) -> None:
+        """Stop on NaN/Inf in the aggregated model or in any loss, naming round and strategy."""
+        what = ""
+        if arrays is not None and not np.isfinite(flatten(arrays)).all():
+            what = "the aggregated model has NaN/Inf values"
+        else:
+            bad = {k: v for k, v in record.items()
+                   if "loss" in k and isinstance(v, float) and not math.isfinite(v)}
+            if bad:
+                what = f"the loss is not finite ({', '.join(f'{k}={v}' for k, v in bad.items())})"
+        if what:
+            last = self.records[-1]["round"] if self.records else "none"
+            raise Diverged(f"round {server_round}: {what}; strategy "
+                           f"{self.scenario.strategy.name!r} diverged (last finite round: {last})")
 
     def summary(self) -> dict[str, Any]:
         last = self.records[-1] if self.records else {}
@@ -205,9 +329,14 @@ def flower_log_to(path: Path | None) -> Iterator[None]:
     handler: logging.Handler = logging.FileHandler(path) if path else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.handlers = [handler]
+    log.addHandler(handler)  # fedsim's own run messages (client errors, resume) go there too
+    log.setLevel(logging.INFO)
+    log.propagate = False
     try:
         yield
     finally:
+        log.removeHandler(handler)
+        log.propagate = True
         handler.close()
         logger.handlers = saved
 

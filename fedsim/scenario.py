@@ -9,6 +9,7 @@ typo costs seconds, not a run.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,12 @@ from topologies import TopologySpec
 
 class ScenarioError(ValueError):
     """A scenario problem, reported as one line naming the field and the fix."""
+
+
+MAX_ROUNDS = 10_000_000
+"""Upper bound on rounds: a typo'd exponent fails at once instead of running for ever."""
+MAX_CLIENTS = 1_000_000
+"""Upper bound on clients.count (every device gets its own state and random streams)."""
 
 
 class Spec(BaseModel):
@@ -220,7 +227,7 @@ class DeviceTier(Spec):
 
 
 class ClientsSpec(Spec):
-    count: int = Field(ge=1)
+    count: int = Field(ge=1, le=MAX_CLIENTS)
     devices: list[DeviceTier] = Field(default_factory=lambda: [DeviceTier()], min_length=1)
 
 
@@ -251,8 +258,9 @@ class TrainingSpec(Spec):
     """Local training hyperparameters sent to clients in every train message."""
 
     lr: float = Field(default=0.05, gt=0)
-    local_epochs: int = Field(default=1, ge=0)
-    local_steps: int = Field(default=0, ge=0, description="if > 0, overrides local_epochs")
+    local_epochs: int = Field(default=1, ge=0, le=100_000)
+    local_steps: int = Field(default=0, ge=0, le=100_000_000,
+                             description="if > 0, overrides local_epochs")
     batch_size: int = Field(default=32, ge=1)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -265,7 +273,8 @@ class StrategySpec(Spec):
 
 class BackendSpec(Spec):
     kind: Literal["ray", "inline"] = "ray"
-    num_actors: int | None = Field(default=None, ge=1, description="default: one per CPU")
+    num_actors: int | None = Field(default=None, ge=1, le=100_000,
+                                   description="default: one per CPU")
     address: str | None = Field(default=None, description="join this Ray cluster")
     actor_cpus: float = Field(default=1.0, gt=0)
 
@@ -282,10 +291,16 @@ class OutputSpec(Spec):
     plots: bool = True
 
 
+class CheckpointSpec(Spec):
+    """Save what resuming needs every `every` rounds (0 = never); `fedsim run --resume DIR`."""
+
+    every: int = Field(default=0, ge=0, le=MAX_ROUNDS, description="rounds between checkpoints")
+
+
 class Scenario(Spec):
     name: str = Field(min_length=1)
-    seed: int = Field(default=0, ge=0)
-    rounds: int = Field(ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    rounds: int = Field(ge=1, le=MAX_ROUNDS)
     deadline_s: float | None = Field(default=None, gt=0, description="virtual seconds per round")
     task: TaskSpec = TaskSpec()
     training: TrainingSpec = TrainingSpec()
@@ -296,6 +311,7 @@ class Scenario(Spec):
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
     topology: TopologySpec | None = Field(default=None, description="for decentralized strategies")
+    checkpoint: CheckpointSpec = CheckpointSpec()
 
 
 # ---------------------------------------------------------------- loading
@@ -346,8 +362,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _non_finite(node: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN/Inf number in a nested mapping, if any."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path or "(top level)"
+    items = node.items() if isinstance(node, dict) else (
+        enumerate(node) if isinstance(node, list) else ())
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
     """Validate a scenario mapping, including the strategy's and task's own parameters."""
+    if (where := _non_finite(data)) is not None:  # NaN/Inf is never a setting anyone means
+        raise ScenarioError(f"{source}: {where}: must be a finite number (got NaN or Inf)")
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:

@@ -210,6 +210,9 @@ class DFedSAM(FedAvg):
             self._fixed_W = None
         self._round_arrays: ArrayRecord | None = None
         self._round_metrics: dict[str, float] = {}
+        self._loop: dict[str, Any] | None = None  # last finished round and node models
+
+    resumes_own_loop = True  # `start()` continues from a restored `_loop` (fedsim.checkpoint)
 
     def summary(self) -> None:
         """Flower logs a strategy's summary at start; this one has no FedAvg fields to show."""
@@ -221,19 +224,27 @@ class DFedSAM(FedAvg):
               evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
               ) -> Result:
-        """Train locally, gossip, report x̄; `evaluate_fn(t, x̄)` after every round."""
+        """Train locally, gossip, report x̄; `evaluate_fn(t, x̄)` after every round.
+
+        After a checkpoint restore (`fedsim.checkpoint`), it continues after the
+        restored round with the restored node models instead of starting over.
+        """
         result = Result(arrays=initial_arrays)
-        if evaluate_fn is not None and (res := evaluate_fn(0, initial_arrays)) is not None:
+        first = 1
+        X = np.tile(flatten(initial_arrays), (self.num_nodes, 1))
+        if self._loop is not None:  # resumed: every node's model as it was
+            first, X = self._loop["round"] + 1, self._loop["X"]
+            result.arrays = self._loop["arrays"]
+        elif evaluate_fn is not None and (res := evaluate_fn(0, initial_arrays)) is not None:
             result.evaluate_metrics_serverapp[0] = res
         node_ids = self._node_ids(grid)
         vertex_of = {node_id: i for i, node_id in enumerate(node_ids)}
         template = initial_arrays
-        X = np.tile(flatten(initial_arrays), (self.num_nodes, 1))
         model_nbytes = payload_nbytes(RecordDict({"arrays": initial_arrays}))
         float_mask = _float_mask(initial_arrays)
         config = ConfigRecord(dict(train_config or ConfigRecord()))
         config[RHO_KEY] = float(self.rho)
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first, num_rounds + 1):
             config["server-round"] = server_round
             available = set(grid.get_node_ids())
             online = [i for i, node_id in enumerate(node_ids) if node_id in available]
@@ -264,6 +275,7 @@ class DFedSAM(FedAvg):
             result.arrays = arrays if arrays is not None else result.arrays
             if metrics is not None:
                 result.train_metrics_clientapp[server_round] = metrics
+            self._loop = {"round": server_round, "X": X, "arrays": result.arrays}
             if evaluate_fn is not None and (res := evaluate_fn(server_round, result.arrays)):
                 result.evaluate_metrics_serverapp[server_round] = res
         return result
@@ -353,7 +365,7 @@ class DFedSAMMGS(DFedSAM):
 class _GossipParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gossip_steps: int = Field(default=1, ge=1, description="Q gossip steps per round")
+    gossip_steps: int = Field(default=1, ge=1, le=100_000, description="Q gossip steps per round")
     mixing: Literal["metropolis_hastings", "max_degree"] = "metropolis_hastings"
     on_missing: Literal["renormalize", "self_weight"] = "renormalize"
     node_eval_every: int = Field(default=1, ge=0, description="0 = last round only")
@@ -369,7 +381,7 @@ class DFedSAMParams(_GossipParams):
 
 
 class DFedSAMMGSParams(DFedSAMParams):
-    gossip_steps: int = Field(default=4, ge=1, description="Q gossip steps per round")
+    gossip_steps: int = Field(default=4, ge=1, le=100_000, description="Q gossip steps per round")
 
 
 def _builder(cls: type[DFedSAM], name: str) -> Callable[[BaseModel, BuildContext], DFedSAM]:

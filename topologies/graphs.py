@@ -219,7 +219,12 @@ def edge_list(path: Path, num_nodes: int) -> nx.Graph:
     """
     _require_num_nodes(num_nodes)
     G = nx.empty_graph(num_nodes)
-    for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError(f"topology.path: cannot read edge list {path}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+    for line_number, line in enumerate(text.splitlines(), start=1):
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue

@@ -1,0 +1,38 @@
+"""A ClientApp for fault-injection tests: the project's app, with scripted crashes.
+
+- node 1001's worker process dies (`os._exit`) when it gets its round-2 train message,
+  as a Ray actor killed mid-round would;
+- node 1002's client code raises `ValueError("boom in client")` on every train message.
+
+Only tests use it (`simulate(..., client_app="tests.fault_app:exit_in_round_2")`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from flwr.app import Context, Message
+
+from fedsim.apps import client_app
+
+DYING_NODE, RAISING_NODE = 1001, 1002
+
+
+def _server_round(message: Message) -> int:
+    config = message.content.config_records.get("config")
+    return int(config.get("server-round", 0)) if config is not None else 0
+
+
+def exit_in_round_2(message: Message, context: Context) -> Message:
+    """Kill this worker's process in the middle of round 2 (node 1001's train job)."""
+    train = message.metadata.message_type.startswith("train")
+    if train and context.node_id == DYING_NODE and _server_round(message) == 2:
+        os._exit(1)
+    return client_app(message, context)
+
+
+def raise_on_train(message: Message, context: Context) -> Message:
+    """Node 1002's client code raises on every train message."""
+    if message.metadata.message_type.startswith("train") and context.node_id == RAISING_NODE:
+        raise ValueError("boom in client")
+    return client_app(message, context)

@@ -1,0 +1,65 @@
+"""Faults cost a message, not the run: dead Ray actors, raising clients, divergence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedsim.cli import app
+from fedsim.results import RunWriter, read_metrics
+from fedsim.runner import Diverged, simulate
+from tests.conftest import quadratic, scenario
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_actor_killed_mid_round_is_restarted_and_counted_as_a_failure(ray_cluster, tmp_path):
+    s = scenario(rounds=3, clients__count=3, backend={"kind": "ray", "num_actors": 3,
+                                                       "actor_cpus": 0.5})
+    log = tmp_path / "flower.log"
+    result = simulate(s, log_file=log, client_app="tests.fault_app:exit_in_round_2")
+    by_round = {r["round"]: r for r in result.records}
+    assert sorted(by_round) == [0, 1, 2, 3]  # the run completed
+    assert (by_round[1]["failures"], by_round[1]["replies"]) == (0, 3)
+    assert (by_round[2]["failures"], by_round[2]["replies"]) == (1, 2)  # node 1001's message
+    assert (by_round[3]["failures"], by_round[3]["replies"]) == (0, 3)  # actor replaced
+    assert "worker process died" in log.read_text()
+
+
+def test_client_error_is_logged_once_per_distinct_error(tmp_path: Path) -> None:
+    s = scenario(rounds=3, clients__count=3)
+    log = tmp_path / "flower.log"
+    result = simulate(s, log_file=log, client_app="tests.fault_app:raise_on_train")
+    assert [r["failures"] for r in result.records[1:]] == [1, 1, 1]
+    ours = [line for line in log.read_text().splitlines() if line.startswith("WARNING node")]
+    assert ours == ["WARNING node 1002 failed: ValueError: boom in client "
+                    "(logged once per distinct error)"]  # Flower adds INFO lines per reply
+
+
+def test_nan_in_aggregate_stops_with_round_and_strategy(tmp_path: Path) -> None:
+    s = quadratic([1.0, 3.0], rounds=5, training__lr=1e100)  # loss 1e200, then inf
+    writer = RunWriter(tmp_path, plots=False)
+    with pytest.raises(Diverged, match=r"round 2: .*strategy 'fedavg' diverged"):
+        simulate(s, [writer])
+    assert [r["round"] for r in read_metrics(tmp_path)] == [0, 1]
+
+
+def test_divergence_through_the_cli_exits_1_keeping_finite_rounds(tmp_path: Path) -> None:
+    data = {"name": "nan", "rounds": 5, "task": {"name": "quadratic",
+                                                  "params": {"centers": [1.0, 3.0]}},
+            "training": {"lr": 1e100, "local_steps": 1, "batch_size": 1},
+            "clients": {"count": 2}, "backend": {"kind": "inline"},
+            "checkpoint": {"every": 1}, "output": {"dir": str(tmp_path), "plots": False}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(run_dir), "-q"])
+    assert result.exit_code == 1
+    assert "round 2" in result.output and "'fedavg' diverged" in result.output
+    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1]
+    from fedsim.checkpoint import load
+
+    assert load(run_dir).round == 1  # the last finite round's checkpoint is kept
