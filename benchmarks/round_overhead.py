@@ -29,12 +29,22 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import PROCESS_START, emit, load_average, per_round, run_system, summarise, table
+from _common import (
+    PROCESS_START,
+    cached_task,
+    emit,
+    fedsim_stamps,
+    flower_fedavg_stamps,
+    load_average,
+    per_round,
+    run_system,
+    summarise,
+    table,
+)
 
 SYSTEMS = ("plain", "fedsim", "flower")
 TARGET_VS_PLAIN = 1.15
@@ -60,16 +70,6 @@ def scenario_json(args: argparse.Namespace) -> str:
     return json.dumps(bench_scenario(args))
 
 
-def build_task(scenario_json_: str, cache: dict[str, Any]) -> Any:
-    """The workload's task, built once per process (`cache` is that process's)."""
-    if scenario_json_ not in cache:
-        from fedsim.scenario import parse_scenario
-        from fedsim.tasks import make_task
-
-        cache[scenario_json_] = make_task(parse_scenario(json.loads(scenario_json_)))
-    return cache[scenario_json_]
-
-
 # --------------------------------------------------------------------------- (a) plain
 
 
@@ -90,7 +90,7 @@ def _plain_train(state: dict[str, Any], nodes: list[int], round_: int
     from fedsim.seeding import int_seed
     from fedsim.training import TrainConfig, local_sgd
 
-    task = build_task(_PLAIN["json"], _PLAIN)
+    task = cached_task(json.loads(_PLAIN["json"]), _PLAIN)
     config = TrainConfig(lr=0.05, local_epochs=1, batch_size=32)
     out = []
     for node in nodes:
@@ -110,7 +110,7 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    task = build_task(scenario_json(args), {})
+    task = cached_task(bench_scenario(args), {})
     torch.manual_seed(0)
     state = {k: v.numpy() for k, v in task.make_model().state_dict().items()}
     sampler = random.Random(0)
@@ -129,102 +129,16 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     return {"stamps": stamps, "train_loss": loss}
 
 
-# --------------------------------------------------------------------------- (b) fedsim
+# --------------------------------------------------------------------------- (b), (c)
 
 
 def run_fedsim(args: argparse.Namespace) -> dict[str, Any]:
-    from fedsim.runner import simulate
-    from fedsim.scenario import parse_scenario
-
-    stamps: list[float] = []
-
-    class Stamp:
-        def on_run_start(self, scenario: Any) -> None: ...
-
-        def on_round_end(self, record: dict[str, Any]) -> None:
-            stamps.append(time.perf_counter())
-
-        def on_run_end(self, summary: dict[str, Any], arrays: Any) -> None: ...
-
-    result = simulate(parse_scenario(bench_scenario(args)), callbacks=[Stamp()])
+    stamps, result = fedsim_stamps(bench_scenario(args))
     return {"stamps": stamps, "train_loss": result.records[-1].get("train_loss")}
 
 
-# --------------------------------------------------------------------------- (c) flower
-
-
-def _flower_apps(scenario_json_: str, num_rounds: int, fraction: float, stamp_file: str
-                 ) -> tuple[Any, Any]:
-    """A ServerApp (Flower's FedAvg, stamps each round end) and a ClientApp (same training)."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-
-    tasks: dict[str, Any] = {}  # travels with the ClientApp to each Ray actor
-    client_app = ClientApp()
-
-    @client_app.train()
-    def train(message: Message, context: Context) -> Message:
-        import torch
-
-        from fedsim.seeding import int_seed
-        from fedsim.training import TrainConfig, arrays_to_model, local_sgd, model_to_arrays
-
-        torch.set_num_threads(1)
-        task = build_task(scenario_json_, tasks)
-        node = int(context.node_config["partition-id"])
-        config = message.content["config"]
-        torch.manual_seed(int_seed(0, "job", node, int(config.get("server-round", 0)), 0))
-        model = arrays_to_model(task.make_model(), message.content["arrays"])
-        data = task.train_data(node)
-        _, loss = local_sgd(model, task, data, TrainConfig.from_record(config))
-        metrics = MetricRecord({"num-examples": len(data), "train_loss": loss})
-        return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": metrics}),
-                       reply_to=message)
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        import torch
-
-        from fedsim.training import TrainConfig
-
-        task = build_task(scenario_json_, {})
-        torch.manual_seed(0)
-        arrays = ArrayRecord(task.make_model().state_dict())
-
-        def stamp(server_round: int, _arrays: ArrayRecord) -> None:
-            with open(stamp_file, "a") as f:
-                f.write(f"{server_round} {time.perf_counter()}\n")
-
-        strategy = FedAvg(fraction_train=fraction, fraction_evaluate=0.0)
-        result = strategy.start(grid, arrays, num_rounds=num_rounds, evaluate_fn=stamp,
-                                train_config=TrainConfig(lr=0.05, local_epochs=1, batch_size=32)
-                                .to_record())
-        last = result.train_metrics_clientapp.get(num_rounds)
-        Path(stamp_file + ".loss").write_text(str(last["train_loss"]) if last else "nan")
-
-    return server_app, client_app
-
-
 def run_flower(args: argparse.Namespace) -> dict[str, Any]:
-    from flwr.simulation import run_simulation
-
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    with tempfile.TemporaryDirectory() as tmp:
-        stamp_file = str(Path(tmp) / "stamps.txt")
-        server_app, client_app = _flower_apps(scenario_json(args), args.warmup + args.rounds,
-                                              args.per_round / args.nodes, stamp_file)
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=args.nodes,
-                       backend_name="ray",
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": args.workers}})
-        lines = Path(stamp_file).read_text().split() if Path(stamp_file).exists() else []
-        loss_file = Path(stamp_file + ".loss")
-        loss = float(loss_file.read_text()) if loss_file.exists() else float("nan")
-    stamps = [float(t) for t in lines[1::2]]
+    stamps, loss = flower_fedavg_stamps(bench_scenario(args), args.workers)
     return {"stamps": stamps, "train_loss": loss}
 
 
