@@ -122,7 +122,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Call
     if (checkpointer or resume_from) and not ckpt.can_resume(strategy):
         raise ckpt.CheckpointError(
             f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
-            "and cannot resume from a checkpoint yet; set checkpoint.every: 0")
+            "without a resume path (`resumes_own_loop`); set checkpoint.every: 0")
     recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks, checkpointer)
     arrays, num_rounds = initial_arrays(task, scenario.seed), scenario.rounds
     if resume_from is not None:

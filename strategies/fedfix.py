@@ -43,10 +43,11 @@ n − ρ_i(n) of each contribution is reported per step as `staleness_mean`/`sta
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -151,6 +152,25 @@ class EventDrivenFedAvg(FedAvg):
         self._server: _Server | None = None
         self._clock: Clock | None = None
         self._num_nodes = 0
+        self._step_versions: list[int] = []
+        self._idle: set[int] = set()
+        self._result = Result()
+        self._owed: list[int] = []  # clients the last step restarts once it is recorded
+        self._arrivals: list[_Arrival] = []  # FedBuff: arrived, not yet in the buffer
+        self._buffer: list[_Arrival] = []  # FedBuff: in the buffer, not yet aggregated
+        self._resumed = False
+
+    resumes_own_loop = True  # `start()` continues from a restored server (fedsim.checkpoint)
+    _LOOP_STATE = ("_server", "_step_versions", "_num_nodes", "_idle", "_result", "_owed",
+                   "_arrivals", "_buffer")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The event loop's state at the end of a server step (taken while it is recorded)."""
+        return copy.deepcopy({key: getattr(self, key) for key in self._LOOP_STATE})
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        vars(self).update(copy.deepcopy(state))
+        self._resumed = True
 
     # ------------------------------------------------------------ weights
 
@@ -207,22 +227,31 @@ class EventDrivenFedAvg(FedAvg):
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
               evaluate_fn: EvaluateFn | None = None) -> Result:
-        """Push a job to every node, then step as the scheme says; `num_rounds` = server steps."""
+        """Push a job to every node, then step as the scheme says; `num_rounds` = server steps.
+
+        After a checkpoint restore it goes on from the restored step: the restarts that step
+        owed, then the scheme's loop with the jobs, arrivals and buffer as they were.
+        """
         self._clock = clock_for(grid)
-        self._server = _Server(flatten(initial_arrays).copy(), initial_arrays)
-        self._step_versions: list[int] = []
         self._config = train_config or ConfigRecord()
         self._grid = grid
         self._evaluate_fn = evaluate_fn
-        self._result = Result(arrays=initial_arrays)
-        nodes = list(grid.get_node_ids())
-        self._num_nodes = (len(self.expected_job_times) if self.expected_job_times is not None
-                           else len(self.importance) if self.importance is not None
-                           else len(nodes))
-        self._idle: set[int] = set()
-        if evaluate_fn:
-            evaluate_fn(0, initial_arrays)
-        self._restart([_partition(n) for n in nodes])
+        if self._resumed:
+            self._resumed = False
+            self._restart_owed()
+        else:
+            self._server = _Server(flatten(initial_arrays).copy(), initial_arrays)
+            self._step_versions = []
+            self._result = Result(arrays=initial_arrays)
+            nodes = list(grid.get_node_ids())
+            self._num_nodes = (len(self.expected_job_times)
+                               if self.expected_job_times is not None
+                               else len(self.importance) if self.importance is not None
+                               else len(nodes))
+            self._idle = set()
+            if evaluate_fn:
+                evaluate_fn(0, initial_arrays)
+            self._restart([_partition(n) for n in nodes])
         self.run_schedule(num_rounds)
         self._result.arrays = self._server.arrays()
         return self._result
@@ -252,6 +281,11 @@ class EventDrivenFedAvg(FedAvg):
             server.jobs[node] = _Job(message_id, server.version, now)
             server.started_at[node] = now
 
+    def _restart_owed(self) -> None:
+        owed, self._owed = self._owed, []
+        if owed:
+            self._restart(owed)
+
     def _in_flight(self) -> list[str]:
         assert self._server is not None
         return [job.message_id for job in self._server.jobs.values()]
@@ -271,8 +305,14 @@ class EventDrivenFedAvg(FedAvg):
             arrivals.append(_Arrival(node, message, job.version))
         return arrivals, failed
 
-    def _step(self, arrivals: Sequence[_Arrival]) -> None:
-        """Aggregate these contributions as the next server step and record it."""
+    def _step(self, arrivals: Sequence[_Arrival], restart: Sequence[int] = ()) -> None:
+        """Aggregate these contributions as the next server step, record it, then restart
+        the `restart` clients on the new model.
+
+        The restarts wait in `_owed` while the step is recorded, so that a checkpoint taken
+        then holds a loop state the resumed run can go on from.
+        """
+        self._owed = list(restart)
         server = self._server
         assert server is not None
         self._step_versions = [a.version for a in arrivals]
@@ -283,6 +323,7 @@ class EventDrivenFedAvg(FedAvg):
             evaluated = self._evaluate_fn(server.version, arrays)
             if evaluated is not None:
                 self._result.evaluate_metrics_serverapp[server.version] = evaluated
+        self._restart_owed()
 
 
 class FedFix(EventDrivenFedAvg):
@@ -310,19 +351,13 @@ class FedFix(EventDrivenFedAvg):
 
     def run_schedule(self, num_rounds: int) -> None:
         assert self._server is not None and self._clock is not None
-        finished: list[_Arrival] = []
-        failed: list[int] = []
         while self._server.version < num_rounds:
             tick = (self._server.version + 1) * self.period_s
             if tick > self.time_budget_s + RESOLUTION_S:
                 return
-            arrivals, lost = self._arrive(
+            finished, failed = self._arrive(
                 self._clock.collect_until(self._grid, self._in_flight(), tick))
-            finished += arrivals
-            failed += lost
-            self._step(finished)
-            self._restart([a.node for a in finished] + failed)
-            finished, failed = [], []
+            self._step(finished, restart=[a.node for a in finished] + failed)
 
 
 class FedBuff(EventDrivenFedAvg):
@@ -353,25 +388,24 @@ class FedBuff(EventDrivenFedAvg):
 
     def run_schedule(self, num_rounds: int) -> None:
         assert self._server is not None and self._clock is not None
-        buffer: list[_Arrival] = []
         while self._server.version < num_rounds:
-            replies = self._clock.wait_for_replies(self._grid, self._in_flight(),
-                                                   until=self.time_budget_s)
-            if not replies:
-                return  # time budget reached, or nothing in flight (all offline)
-            arrivals, failed = self._arrive(replies)
-            self._restart(failed)
-            for arrival in arrivals:  # one at a time, in client order (ties)
-                buffer.append(arrival)
-                if len(buffer) == self.buffer_size:
-                    self._step(buffer)
-                    if self.restart == "after_aggregation":
-                        self._restart([a.node for a in buffer])
-                    buffer = []
-                if self.restart == "immediately":
-                    self._restart([arrival.node])
-                if self._server.version >= num_rounds:
-                    return
+            if not self._arrivals:
+                replies = self._clock.wait_for_replies(self._grid, self._in_flight(),
+                                                       until=self.time_budget_s)
+                if not replies:
+                    return  # time budget reached, or nothing in flight (all offline)
+                self._arrivals, failed = self._arrive(replies)
+                self._restart(failed)
+            arrival = self._arrivals.pop(0)  # one at a time, in client order (ties)
+            self._buffer.append(arrival)
+            restart = [arrival.node] if self.restart == "immediately" else []
+            if len(self._buffer) == self.buffer_size:
+                buffer, self._buffer = self._buffer, []
+                if self.restart == "after_aggregation":
+                    restart = [a.node for a in buffer]
+                self._step(buffer, restart)
+            elif restart:
+                self._restart(restart)
 
 
 class AsyncFedAvg(FedBuff):

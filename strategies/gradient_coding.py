@@ -288,6 +288,9 @@ class GradientCodingGD(FedAvg):
         self._like = ArrayRecord()
         self._lr = 0.0
         self._round_metrics: dict[str, float] = {}
+        self._done = 0  # GD steps taken; a checkpoint restores it with x (fedsim.checkpoint)
+
+    resumes_own_loop = True  # `start()` continues after `_done` steps
 
     # ------------------------------------------------------------ the master's rule
 
@@ -324,12 +327,15 @@ class GradientCodingGD(FedAvg):
         """`num_rounds` GD steps, each decoded from the first decodable set of replies."""
         config = train_config or ConfigRecord()
         self._lr = float(config["lr"])
-        self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
         clock = clock_for(grid)
         result = Result(arrays=initial_arrays)
-        if evaluate_fn:
-            evaluate_fn(0, initial_arrays)
-        for server_round in range(1, num_rounds + 1):
+        if self._done:  # resumed from a checkpoint: x and the step count are restored
+            result.arrays = unflatten(self._x, self._like)
+        else:
+            self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
+            if evaluate_fn:
+                evaluate_fn(0, initial_arrays)
+        for server_round in range(self._done + 1, num_rounds + 1):
             started = clock.now()
             replies, ignored = self._collect(grid, clock, server_round, config)
             self._round_metrics = {"ignored": float(ignored),
@@ -338,6 +344,7 @@ class GradientCodingGD(FedAvg):
             assert arrays is not None and metrics is not None
             result.arrays = arrays
             result.train_metrics_clientapp[server_round] = metrics
+            self._done = server_round
             if evaluate_fn and (evaluated := evaluate_fn(server_round, arrays)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = evaluated
         return result

@@ -605,6 +605,9 @@ class SequentialGradientCodingGD(FedAvg):
         self._like = ArrayRecord()
         self._lr = 0.0
         self._round_metrics: dict[str, float] = {}
+        self._done = 0  # rounds finished; a checkpoint restores it with the master's state
+
+    resumes_own_loop = True  # `start()` continues after `_done` rounds (fedsim.checkpoint)
 
     def scheme_config(self) -> dict[str, int | str]:
         """The ``sgc-*`` config entries from which a worker rebuilds the scheme."""
@@ -626,16 +629,19 @@ class SequentialGradientCodingGD(FedAvg):
         self.scheme = scheme = replace(scheme, n_jobs=n_jobs)
         config = train_config or ConfigRecord()
         self._lr = float(config["lr"])
-        self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
-        self._models: dict[int, ArrayRecord] = {}
-        self._received: dict[int, dict[tuple[int, int], np.ndarray]] = {}
-        self._delivered = scheme.empty_delivered()
-        self._history = np.zeros((0, scheme.n), dtype=bool)
         clock = clock_for(grid)
         result = Result(arrays=initial_arrays)
-        if evaluate_fn:
-            evaluate_fn(0, initial_arrays)
-        for r in range(scheme.n_rounds):
+        if self._done:  # resumed: x, models in flight, received and delivered tasks restored
+            result.arrays = unflatten(self._x, self._like)
+        else:
+            self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
+            self._models: dict[int, ArrayRecord] = {}
+            self._received: dict[int, dict[tuple[int, int], np.ndarray]] = {}
+            self._delivered = scheme.empty_delivered()
+            self._history = np.zeros((0, scheme.n), dtype=bool)
+            if evaluate_fn:
+                evaluate_fn(0, initial_arrays)
+        for r in range(self._done, scheme.n_rounds):
             if r < n_jobs:
                 self._models[r] = unflatten(self._x, self._like)
             replies = self._run_round(grid, clock, r, config)
@@ -643,6 +649,7 @@ class SequentialGradientCodingGD(FedAvg):
             assert arrays is not None and metrics is not None
             result.arrays = arrays
             result.train_metrics_clientapp[r + 1] = metrics
+            self._done = r + 1
             if evaluate_fn and (evaluated := evaluate_fn(r + 1, arrays)) is not None:
                 result.evaluate_metrics_serverapp[r + 1] = evaluated
         return result
