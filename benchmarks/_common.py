@@ -174,14 +174,14 @@ def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any,
         import torch
 
         from fedsim.seeding import int_seed
-        from fedsim.training import TrainConfig, arrays_to_model, local_sgd, model_to_arrays
+        from fedsim.training import TrainConfig, local_sgd, model_to_arrays
 
         torch.set_num_threads(1)
         task = cached_task(scenario, tasks)
         node = int(context.node_config["partition-id"])
         config = message.content["config"]
         torch.manual_seed(int_seed(seed, "job", node, int(config.get("server-round", 0)), 0))
-        model = arrays_to_model(task.make_model(), message.content["arrays"])
+        model = task.model_with(message.content["arrays"])
         data = task.train_data(node)
         _, loss = local_sgd(model, task, data, TrainConfig.from_record(config))
         metrics = MetricRecord({"num-examples": len(data), "train_loss": loss})

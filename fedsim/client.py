@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim.grid import WORK_KEY
 from fedsim.tasks import Task, task_from_run_config
-from fedsim.training import TrainConfig, arrays_to_model, local_sgd, model_to_arrays
+from fedsim.training import TrainConfig, local_sgd, model_to_arrays
 
 
 def client_task(context: Context) -> tuple[Task, int]:
@@ -31,7 +31,7 @@ def reply(message: Message, arrays: ArrayRecord | None = None, **metrics: float)
 def train(message: Message, context: Context) -> Message:
     """FedAvg's client: local SGD from the received model (serves every Flower strategy)."""
     task, partition = client_task(context)
-    model = arrays_to_model(task.make_model(), message.content["arrays"])
+    model = task.model_with(message.content["arrays"])
     data = task.train_data(partition)
     samples, loss = local_sgd(model, task, data, TrainConfig.from_record(message.content["config"]))
     return reply(message, model_to_arrays(model),
@@ -41,7 +41,7 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received model on this client's held-out data."""
     task, partition = client_task(context)
-    model = arrays_to_model(task.make_model(), message.content["arrays"])
+    model = task.model_with(message.content["arrays"])
     data = task.test_data(partition)
     metrics = task.evaluate(model, data) if len(data) else {}
     return reply(message, **{"num-examples": len(data), **metrics})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -110,9 +109,23 @@ def model_to_arrays(model: torch.nn.Module) -> ArrayRecord:
     return record
 
 
+@torch.no_grad()
 def arrays_to_model(model: torch.nn.Module, arrays: ArrayRecord) -> torch.nn.Module:
-    state = OrderedDict((k, torch.from_numpy(array_to_numpy(a))) for k, a in arrays.items())
-    model.load_state_dict(state, strict=True)
+    """Copy `arrays` into the model's parameters and buffers, in place.
+
+    What `load_state_dict(strict=True)` does for a plain module (same keys, same shapes,
+    values cast to the tensor's dtype), without its per-module hook machinery, which
+    costs more than the copy for small models.
+    """
+    state = model.state_dict(keep_vars=True)
+    if state.keys() != arrays.keys():
+        raise KeyError(f"model keys {sorted(state)} != array keys {sorted(arrays)}")
+    for key, tensor in state.items():
+        values = torch.from_numpy(array_to_numpy(arrays[key]))
+        if values.shape != tensor.shape:
+            raise ValueError(f"{key}: array of shape {tuple(values.shape)} for a tensor of "
+                             f"shape {tuple(tensor.shape)}")
+        tensor.copy_(values)
     return model
 
 

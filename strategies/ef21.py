@@ -59,7 +59,7 @@ from fedsim.client import client_task, reply
 from fedsim.grid import NODE_ID_OFFSET, WORK_KEY
 from fedsim.seeding import rng
 from fedsim.tasks import Dataset, Task, make_task
-from fedsim.training import TrainConfig, arrays_to_model, flatten, local_sgd, unflatten
+from fedsim.training import TrainConfig, flatten, local_sgd, unflatten
 from strategies import BuildContext, StrategyInfo
 from strategies.compressors import (
     Compressed,
@@ -147,7 +147,7 @@ def client_input(task: Task, partition: int, message: Message, generator: np.ran
     (EControl's check). "local_sgd": u = x − (x after the scenario's local SGD), FedAvg's update.
     """
     config = message.content["config"]
-    model = arrays_to_model(task.make_model(), message.content["arrays"])
+    model = task.model_with(message.content["arrays"])
     data = task.train_data(partition)
     if config["ef-input"] == "local_sgd":
         start = flatten(message.content["arrays"])

@@ -62,7 +62,6 @@ from fedsim.grid import NODE_ID_OFFSET, WORK_KEY
 from fedsim.scenario import GilbertElliottStraggling, IidStraggling, Scenario
 from fedsim.training import (
     TrainConfig,
-    arrays_to_model,
     flatten,
     local_sgd,
     model_to_arrays,
@@ -81,7 +80,7 @@ def train_fedfix(message: Message, context: Context) -> Message:
     """Local SGD from the received model; replies Δ = θ^K − θ (fresh momentum every job)."""
     task, partition = client_task(context)
     received = message.content["arrays"]
-    model = arrays_to_model(task.make_model(), received)
+    model = task.model_with(received)
     data = task.train_data(partition)
     samples, loss = local_sgd(model, task, data, TrainConfig.from_record(message.content["config"]))
     delta = flatten(model_to_arrays(model)) - flatten(received)

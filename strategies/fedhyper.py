@@ -34,7 +34,6 @@ from fedsim.grid import WORK_KEY
 from fedsim.scenario import ScenarioError
 from fedsim.training import (
     TrainConfig,
-    arrays_to_model,
     flatten,
     local_batches,
     make_optimizer,
@@ -263,7 +262,7 @@ def train_fedhyper(message: Message, context: Context) -> Message:
     """FedHyper-CL's client: plain local SGD whose lr is updated before every step."""
     task, partition = client_task(context)
     content = message.content
-    model = arrays_to_model(task.make_model(), content["arrays"])
+    model = task.model_with(content["arrays"])
     config_record = content["config"]
     config = TrainConfig.from_record(config_record)
     data = task.train_data(partition)

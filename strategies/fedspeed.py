@@ -29,7 +29,6 @@ from fedsim.grid import WORK_KEY
 from fedsim.scenario import ScenarioError
 from fedsim.training import (
     TrainConfig,
-    arrays_to_model,
     flatten,
     local_batches,
     model_to_arrays,
@@ -155,7 +154,7 @@ def train_fedspeed(message: Message, context: Context) -> Message:
     """Lines 7-14 of Algorithm 1 on this node, with ĝ_i in `context.state`."""
     task, partition = client_task(context)
     content = message.content
-    model = arrays_to_model(task.make_model(), content["arrays"])
+    model = task.model_with(content["arrays"])
     record = content["config"]
     config = TrainConfig.from_record(record)
     lam = float(record["fedspeed-lambda"])  # type: ignore[arg-type]

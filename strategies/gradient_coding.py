@@ -50,7 +50,7 @@ from fedsim.clock import Clock, clock_for
 from fedsim.grid import NODE_ID_OFFSET, WORK_KEY, SimGrid
 from fedsim.scenario import ScenarioError
 from fedsim.tasks import Dataset, Task
-from fedsim.training import arrays_to_model, flatten, unflatten
+from fedsim.training import flatten, unflatten
 from strategies import BuildContext, StrategyInfo
 
 GCScheme = Literal["frc", "crc"]
@@ -236,7 +236,7 @@ def train_gradient_coding(message: Message, context: Context) -> Message:
     held = data_assignment(row[None])[0]
     sizes = [len(task.train_data(j)) for j in range(row.size)]
     total = sum(sizes)
-    model = arrays_to_model(task.make_model(), message.content["arrays"])
+    model = task.model_with(message.content["arrays"])
     partials: np.ndarray | None = None
     losses = []
     for j in held:

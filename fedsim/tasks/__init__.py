@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from flwr.app import ArrayRecord
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedsim.scenario import Scenario, ScenarioError, TaskSpec, describe_error, scenario_to_dict
@@ -58,6 +59,24 @@ class Task(ABC):
     @abstractmethod
     def make_model(self) -> torch.nn.Module:
         """A freshly initialised model (the caller seeds torch)."""
+
+    def model_with(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """This task's model holding `arrays`: one module per task instance, reused.
+
+        A job overwrites every weight, so a fresh module per job (and its random init)
+        is wasted work. The module is built with torch's random state forked, so the
+        job's draws do not depend on which job came first on a worker. It is the
+        caller's until the next call: take a copy to keep two models.
+        """
+        from fedsim.training import arrays_to_model
+
+        model = self.__dict__.get("_reused_model")
+        if model is None:
+            with torch.random.fork_rng(devices=[]):
+                model = self.__dict__["_reused_model"] = self.make_model()
+        for parameter in model.parameters():  # as fresh: no gradients, training mode
+            parameter.grad = None
+        return arrays_to_model(model.train(), arrays)
 
     @abstractmethod
     def train_data(self, partition_id: int) -> Dataset:
