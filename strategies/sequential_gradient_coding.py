@@ -759,9 +759,13 @@ def _builder(kind: Literal["sr_sgc", "m_sgc"]
              ) -> Callable[[SGCParams, BuildContext], SequentialGradientCodingGD]:
     def build(params: SGCParams, ctx: BuildContext) -> SequentialGradientCodingGD:
         try:
-            return SequentialGradientCodingGD(ctx.num_nodes, kind, **params.model_dump())
+            strategy = SequentialGradientCodingGD(ctx.num_nodes, kind, **params.model_dump())
         except ValueError as exc:
             raise ScenarioError(f"strategy.params: {exc} (n = clients.count)") from None
+        if ctx.scenario.rounds <= (delay := strategy.scheme.delay):
+            raise ScenarioError(f"rounds: {kind} decodes each job T = {delay} rounds after it "
+                                f"starts; set rounds > {delay}")
+        return strategy
 
     return build
 
