@@ -1,21 +1,26 @@
 """startup: where the time goes from `fedsim run scenarios/quickstart.yaml` to its first round.
 
-A fresh process goes through the steps `fedsim run` takes, timing each:
+A fresh process runs `fedsim.runner.simulate` (rounds=1) as `fedsim run` does, and times
+its steps from hooks (the pool's `share_task_data` and the end-of-round records):
 
   interpreter   Python start to this script's first line (measured by the parent)
-  imports       `fedsim.cli` and `fedsim.runner` (torch, flwr, ray, pydantic, strategies)
+  imports       `fedsim.cli` and `fedsim.runner` (torch, flwr, pydantic, strategies)
   scenario      load and validate the YAML
-  ray start     `ray.init` as `fedsim.pool.RayPool` calls it (local cluster, one CPU per core)
-  data          `make_task`, the device population, the client partitions and the test set
-  actors        `make_pool("ray", ...)`: the actors started and answering
-  first round   `fedsim.runner.simulate` with rounds=1 on that Ray cluster: from its
-                round-0 record to the end of round 1 (actors' first-call imports, the
-                task built in each actor, training, evaluation)
+  ray start     `make_pool`: `ray.init` (a local cluster) and the actors created, not
+                waited for
+  data          `make_task`, the device population, the client partitions and the test
+                set, computed once in the driver (`Task.shared_data`) while the actors
+                start
+  wait actors   what is left of the actors' start (imports of torch, flwr and the
+                strategies; the warm-up that imports `torch._dynamo`) once the data is
+                ready: the hook calls `RayPool.ready()` here
+  round 0       the strategy, the initial model, the central evaluation of round 0
+  first round   round 0's record to round 1's: the actors' first jobs and the evaluation
 
-then, as a cross-check, the parent times the real command end to end:
-`fedsim run scenarios/quickstart.yaml --set rounds=1 --quiet` (this includes writing the
-run directory and plots and shutting Ray down). Target: interpreter + imports + scenario
-+ ray start + data + actors + first round < 10 s.
+Then, as a cross-check, the parent
+times the real command end to end: `fedsim run scenarios/quickstart.yaml --set rounds=1
+--quiet` (this includes writing the run directory and plots and shutting Ray down).
+Target: the sum of these phases < 10 s.
 
     .venv/bin/python benchmarks/startup.py [--scenario scenarios/quickstart.yaml] [--no-cli]
 """
@@ -29,8 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from _common import PROCESS_START, emit, fedsim_stamps, load_average, run_system, table
+from _common import PROCESS_START, emit, load_average, run_system, table
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 10.0
@@ -47,37 +53,40 @@ def measure(args: argparse.Namespace) -> None:
         mark = now
 
     import fedsim.cli
-    import fedsim.runner  # noqa: F401
+    import fedsim.runner
 
     done("imports")
-    from fedsim.scenario import load_scenario, scenario_to_dict
+    from fedsim.scenario import load_scenario
 
     scenario = load_scenario(ROOT / args.scenario, ["rounds=1"])
     done("scenario")
-    import ray
+    make_pool = fedsim.runner.make_pool
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-             num_cpus=os.cpu_count())
-    done("ray start")
-    from fedsim.devices import DevicePopulation
-    from fedsim.pool import WorkerSpec, make_pool
-    from fedsim.runner import CLIENT_APP, RUN_ID, run_config
-    from fedsim.tasks import make_task
+    def timed_pool(*pool_args: Any, **kwargs: Any) -> Any:
+        pool = make_pool(*pool_args, **kwargs)
+        done("ray start")
+        share = pool.share_task_data
 
-    task = make_task(scenario)
-    DevicePopulation(scenario.clients, scenario.seed, labels=lambda i: task.train_data(i).y)
-    for i in range(scenario.clients.count):
-        task.train_data(i)
-    task.test_data(None)
-    done("data")
-    spec = WorkerSpec(CLIENT_APP, RUN_ID, scenario.clients.count, run_config(scenario))
-    pool = make_pool("ray", spec, scenario.backend.num_actors)
-    done("actors")
-    pool.shutdown()  # simulate() starts its own, on the cluster already up
-    stamps, _ = fedsim_stamps(scenario_to_dict(scenario))
-    phases["first round"] = stamps[1] - stamps[0]
+        def timed_share(data: Any) -> None:
+            done("data")
+            share(data)
+            if hasattr(pool, "ready"):
+                pool.ready()
+            done("wait actors")
+
+        pool.share_task_data = timed_share
+        return pool
+
+    class Stamp:
+        def on_run_start(self, scenario: Any) -> None: ...
+
+        def on_round_end(self, record: dict[str, Any]) -> None:
+            done("round 0" if record["round"] == 0 else "first round")
+
+        def on_run_end(self, summary: dict[str, Any], arrays: Any) -> None: ...
+
+    fedsim.runner.make_pool = timed_pool
+    fedsim.runner.simulate(scenario, callbacks=[Stamp()])
     emit({"system": "startup", "phases": phases,
           "interpreter": PROCESS_START - args.parent_start})
 

@@ -85,16 +85,18 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     """
     torch.set_num_threads(1)  # the same float results whatever the backend
     checkpoint = ckpt.load(run_dir) if resume and run_dir is not None else None
-    task = make_task(scenario)
-    devices = DevicePopulation(scenario.clients, scenario.seed,
-                               labels=lambda i: task.train_data(i).y)  # for label-correlated p
     backend = scenario.backend
     spec = WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
     workers = min(backend.num_actors, scenario.clients.count) if backend.num_actors else None
+    # Ray's actors start in the background while the data is prepared here
     pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
     checkpointer = (ckpt.Checkpointer(run_dir, scenario.checkpoint.every)
                     if run_dir is not None and scenario.checkpoint.every else None)
     try:
+        task = make_task(scenario)
+        devices = DevicePopulation(scenario.clients, scenario.seed,
+                                   labels=lambda i: task.train_data(i).y)  # label-correlated p
+        pool.share_task_data(task.shared_data())  # workers do not load or partition data
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
                        Run.create_empty(RUN_ID))
         with _waiting_in_virtual_time(grid), flower_log_to(log_file):

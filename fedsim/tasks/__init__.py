@@ -48,6 +48,9 @@ class Task(ABC):
     summary: ClassVar[str]
     models: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[TaskParams]] = TaskParams
+    # Cached properties that cost imports or time to compute (data, partition indices):
+    # the simulator computes them once in the driver and hands them to its workers.
+    shared: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: TaskSpec, num_clients: int, seed: int) -> None:
         self.spec = spec
@@ -55,6 +58,16 @@ class Task(ABC):
         self.params = self.Params.model_validate(spec.params)
         self.num_clients = num_clients
         self.seed = seed
+
+    def shared_data(self) -> dict[str, Any]:
+        """The values of the `shared` cached properties (computed here if not yet)."""
+        return {name: getattr(self, name) for name in self.shared}
+
+    def use_shared_data(self, data: dict[str, Any]) -> None:
+        """Take `shared_data()` of an identical task instead of computing it again."""
+        for name in self.shared:
+            if name in data:
+                self.__dict__[name] = data[name]  # where functools.cached_property keeps it
 
     @abstractmethod
     def make_model(self) -> torch.nn.Module:

@@ -47,6 +47,7 @@ class DigitsTask(Task):
     models = ("cnn", "mlp", "logreg")
     Params = DigitsParams
     params: DigitsParams
+    shared = ("_arrays", "_shards")  # workers import neither scikit-learn nor `datasets`
 
     def make_model(self) -> nn.Module:
         if self.model_name == "cnn":

@@ -83,6 +83,7 @@ class _FiniteSum(Task):
 
     models = ("vector",)
     init_std: float = 1.0
+    shared = ("_arrays", "shards")  # workers import neither scikit-learn nor `datasets`
 
     def _data(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
