@@ -88,33 +88,68 @@ def mix_step(
     ignored: a node always has its own). `noise[(j, i)]` is added to what i received
     from j. Each node sums its closed neighbourhood in increasing node order, so that
     rows with the same weights give bit-identical results (complete graph: exact
-    consensus).
+    consensus). Computed in float64 and vectorised over nodes: pass k adds every
+    node's k-th term at once, so each row gets the operations, in the order, that a
+    loop over its neighbours would do (same bits).
     """
+    X = np.asarray(X, dtype=np.float64)
     num_nodes = W.shape[0]
-    mixed = np.array(X, dtype=np.float64, copy=True)
-    for i in range(num_nodes):
-        neighbours = np.flatnonzero(W[i])
-        total, weight_sum, missing, arrived = None, 0.0, False, False
-        for j in neighbours:
-            w = float(W[i, j])
-            if j != i and not received[i, j]:
-                missing = True
-                continue
-            arrived |= j != i
-            value = X[j]
-            if noise is not None and (j, i) in noise:
-                value = value + noise[(j, i)]
-            total = w * value if total is None else total + w * value
-            weight_sum += w
-        if not arrived:
-            continue  # nothing reached node i: it keeps its own vector exactly
-        if missing:
-            if on_missing == "renormalize":
-                total = total / weight_sum
-            else:
-                total = total + (1.0 - weight_sum) * X[i]
-        mixed[i] = total
+    rows, cols = np.nonzero(W)  # row-major: each row's neighbours in increasing order
+    own = rows == cols
+    take = own | np.asarray(received, dtype=bool)[rows, cols]
+    missing = np.zeros(num_nodes, dtype=bool)
+    missing[rows[~take]] = True
+    arrived = np.zeros(num_nodes, dtype=bool)  # some neighbour's vector reached the node
+    arrived[rows[take & ~own]] = True
+    rows, cols = rows[take], cols[take]
+    weights = W[rows, cols].astype(np.float64)
+    slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # term's place in its row's sum
+    noisy = _noise_by_slot(noise, rows, cols, slot)
+    # The sums are made in `mixed` itself, with one scratch array: for a small model
+    # the page faults of fresh m x d arrays cost more than the arithmetic.
+    mixed, term = np.empty_like(X), np.empty_like(X)
+    partial: np.ndarray | None = None
+    weight_sum = np.zeros(num_nodes)
+    for k in range(int(slot.max()) + 1 if slot.size else 0):
+        in_slot = np.flatnonzero(slot == k)
+        r, w = rows[in_slot], weights[in_slot]
+        value = term[:r.size]
+        np.take(X, cols[in_slot], axis=0, out=value)
+        for e, draw in noisy.get(k, ()):
+            n = int(np.searchsorted(in_slot, e))
+            value[n] = value[n] + draw
+        np.multiply(value, w[:, None], out=value)
+        if k == 0:
+            mixed[r] = value  # a row's sum starts at its first term
+        elif r.size == num_nodes:  # every row has a k-th term: r is 0..m-1
+            np.add(mixed, value, out=mixed)
+        else:
+            partial = np.empty_like(X) if partial is None else partial
+            np.take(mixed, r, axis=0, out=partial[:r.size])
+            mixed[r] = np.add(partial[:r.size], value, out=partial[:r.size])
+        weight_sum[r] = weight_sum[r] + w
+    patch = np.flatnonzero(arrived & missing)
+    if on_missing == "renormalize":
+        mixed[patch] = mixed[patch] / weight_sum[patch, None]
+    else:
+        mixed[patch] = mixed[patch] + (1.0 - weight_sum[patch])[:, None] * X[patch]
+    np.copyto(mixed, X, where=~arrived[:, None])  # nothing reached them: kept exactly
     return mixed
+
+
+def _noise_by_slot(noise: dict[tuple[int, int], np.ndarray] | None, rows: np.ndarray,
+                   cols: np.ndarray, slot: np.ndarray
+                   ) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """`noise[(j, i)]` of the summed terms, as slot -> [(term index, draw)]."""
+    if not noise:
+        return {}
+    term_of = {(int(j), int(i)): e for e, (i, j) in enumerate(zip(rows, cols, strict=True))}
+    by_slot: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for key, draw in noise.items():
+        e = term_of.get((int(key[0]), int(key[1])))
+        if e is not None:
+            by_slot.setdefault(int(slot[e]), []).append((e, draw))
+    return by_slot
 
 
 def gossip_over_links(
@@ -134,7 +169,8 @@ def gossip_over_links(
     `active[i]` marks the nodes that take part this round. `float_mask` marks the
     vector entries that are floats (noise is added only there, as in
     :func:`fedsim.channel.add_noise`); default all. Advances a SimGrid's clock by the
-    gossip's duration and counts bytes into ``grid.stats``.
+    gossip's duration and counts bytes into ``grid.stats``. Exchanges are handled as
+    arrays; only a link with erasure or noise costs a keyed draw per exchange.
     """
     num_nodes = W.shape[0]
     links = gossip_links(grid, num_nodes)
@@ -143,38 +179,48 @@ def gossip_over_links(
     count = getattr(stats, "count_bytes", None)
     adjacency = (W > 0) & ~np.eye(num_nodes, dtype=bool)
     talks = adjacency & active[:, None] & active[None, :]  # talks[i, j]: j sends to i
-    senders_of = [np.flatnonzero(talks[i]) for i in range(num_nodes)]
+    receivers, senders = np.nonzero(talks)  # receiver-major, senders increasing: as a loop
+    num_exchanges = int(receivers.size)
+    slowest, may_lose = 0.0, np.zeros(0, dtype=np.int64)
+    erasure = sigma = np.zeros(num_nodes)
+    if links is not None:
+        link_time = np.array([transfer_time(link, model_nbytes) for link in links])
+        erasure = np.array([link.erasure_p for link in links])
+        sigma = np.array([link.noise_sigma for link in links])
+        slowest = float(link_time[senders].max()) if num_exchanges else 0.0
+        may_lose = np.flatnonzero(erasure[senders] > 0)
+    sent_by = np.bincount(senders, minlength=num_nodes) * steps
+    got_by = np.zeros(num_nodes, dtype=np.int64)
     duration, exchanges, lost, bytes_sent = 0.0, 0, 0, 0
     mixed = np.array(X, dtype=np.float64, copy=True)
     for step in range(steps):
         received = talks.copy()
         noise: dict[tuple[int, int], np.ndarray] = {}
-        slowest = 0.0
-        for i in range(num_nodes):
-            for j in senders_of[i]:
-                exchanges += 1
-                bytes_sent += model_nbytes
-                if count is not None:
-                    count(int(j), up=model_nbytes)
-                if links is None:
-                    if count is not None:
-                        count(int(i), down=model_nbytes)
-                    continue
-                link = links[j]
-                slowest = max(slowest, transfer_time(link, model_nbytes))
-                if link.erasure_p > 0 and rng(seed, "gossip-loss", round_, step, j, i).random() \
-                        < link.erasure_p:
-                    received[i, j] = False
-                    lost += 1
-                    continue
-                if count is not None:
-                    count(int(i), down=model_nbytes)
-                if link.noise_sigma > 0:
-                    draw = rng(seed, "gossip-noise", round_, step, j, i).standard_normal(
-                        mixed.shape[1]) * link.noise_sigma
-                    noise[(int(j), int(i))] = draw if float_mask is None else draw * float_mask
+        exchanges += num_exchanges
+        bytes_sent += num_exchanges * model_nbytes
+        if links is None:
+            got_by += np.bincount(receivers, minlength=num_nodes)
+            mixed = _mix_active(mixed, W, active, received, on_missing, None)
+            continue
+        arrives = np.ones(num_exchanges, dtype=bool)
+        for e in may_lose:
+            i, j = int(receivers[e]), int(senders[e])
+            if rng(seed, "gossip-loss", round_, step, j, i).random() < erasure[j]:
+                arrives[e] = False
+        received[receivers[~arrives], senders[~arrives]] = False
+        lost += int(num_exchanges - arrives.sum())
+        got_by += np.bincount(receivers[arrives], minlength=num_nodes)
+        for e in np.flatnonzero(arrives & (sigma[senders] > 0)):
+            i, j = int(receivers[e]), int(senders[e])
+            draw = rng(seed, "gossip-noise", round_, step, j, i).standard_normal(
+                mixed.shape[1]) * links[j].noise_sigma
+            noise[(j, i)] = draw if float_mask is None else draw * float_mask
         mixed = _mix_active(mixed, W, active, received, on_missing, noise or None)
         duration += slowest
+    if count is not None:
+        for node in np.flatnonzero(sent_by + got_by):
+            count(int(node), up=int(sent_by[node]) * model_nbytes,
+                  down=int(got_by[node]) * model_nbytes)
     if isinstance(grid, SimGrid):
         grid.advance_to(grid.now + duration)
     return mixed, GossipReport(duration, exchanges, lost, bytes_sent)
@@ -185,6 +231,5 @@ def _mix_active(X: np.ndarray, W: np.ndarray, active: np.ndarray, received: np.n
                 ) -> np.ndarray:
     """A gossip step in which inactive nodes keep their vectors and send nothing."""
     mixed = mix_step(X, W, received, on_missing, noise)
-    mixed[~active] = X[~active]
+    np.copyto(mixed, X, where=~active[:, None])
     return mixed
-

@@ -69,6 +69,8 @@ from fedsim.seeding import rng
 from fedsim.tasks import Dataset, Task, make_task
 from fedsim.training import (
     TrainConfig,
+    array_from_numpy,
+    array_to_numpy,
     arrays_to_model,
     flatten,
     local_batches,
@@ -208,6 +210,7 @@ class DFedSAM(FedAvg):
         else:
             build_graph(topology, num_nodes, seed)  # the base graph must be connected
             self._fixed_W = None
+        self._fixed_lambda: float | None = None  # λ(W) of the fixed W, once computed
         self._round_arrays: ArrayRecord | None = None
         self._round_metrics: dict[str, float] = {}
         self._loop: dict[str, Any] | None = None  # last finished round and node models
@@ -248,10 +251,10 @@ class DFedSAM(FedAvg):
             config["server-round"] = server_round
             available = set(grid.get_node_ids())
             online = [i for i, node_id in enumerate(node_ids) if node_id in available]
-            messages = [Message(RecordDict({"arrays": unflatten(X[i], template),
-                                            "config": config}),
+            messages = [Message(RecordDict({"arrays": arrays, "config": config}),
                                 node_ids[i], MESSAGE_TYPE, group_id=str(server_round))
-                        for i in online]
+                        for i, arrays in zip(online, _node_arrays(X, online, template),
+                                             strict=True)]
             replies = [r for r in grid.send_and_receive(messages, timeout=timeout)
                        if not r.has_error()]
             Z, active = X.copy(), np.zeros(self.num_nodes, dtype=bool)
@@ -261,7 +264,7 @@ class DFedSAM(FedAvg):
             W = self._round_W(server_round)
             X, report = gossip_over_links(grid, Z, W, active, self.gossip_steps, server_round,
                                           model_nbytes, self.on_missing, float_mask, self.seed)
-            lam = mixing_lambda(W)
+            lam = self._round_lambda(W)
             self._round_arrays = unflatten(_network_average(X), template)
             self._round_metrics = {
                 "consensus_distance": consensus_distance(X),
@@ -312,6 +315,14 @@ class DFedSAM(FedAvg):
             return self._fixed_W
         return self._mixing_for(
             graph_for_round(self.topology, self.num_nodes, self.seed, server_round))
+
+    def _round_lambda(self, W: np.ndarray) -> float:
+        """λ(W); an eigen-decomposition of the m x m W, so done once for a fixed topology."""
+        if self._fixed_W is None:
+            return mixing_lambda(W)
+        if self._fixed_lambda is None:
+            self._fixed_lambda = mixing_lambda(self._fixed_W)
+        return self._fixed_lambda
 
     def _node_metrics(self, X: np.ndarray, template: ArrayRecord, server_round: int,
                       num_rounds: int) -> dict[str, float]:
@@ -402,6 +413,19 @@ def _float_mask(arrays: ArrayRecord) -> np.ndarray:
     return np.concatenate([np.full(a.numpy().size, float(np.issubdtype(a.numpy().dtype,
                                                                         np.floating)))
                            for a in arrays.values()])
+
+
+def _node_arrays(X: np.ndarray, rows: list[int], template: ArrayRecord) -> list[ArrayRecord]:
+    """`unflatten(X[i], template)` for each i in `rows` (same bytes), each array's cast
+    done once for all rows rather than once per node."""
+    blocks, offset = [], 0
+    for key, array in template.items():
+        like = array_to_numpy(array)
+        block = X[rows, offset:offset + like.size].astype(like.dtype)
+        blocks.append((key, like.shape, block))
+        offset += like.size
+    return [ArrayRecord({key: array_from_numpy(block[n].reshape(shape))
+                         for key, shape, block in blocks}) for n in range(len(rows))]
 
 
 def _network_average(X: np.ndarray) -> np.ndarray:

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from fedsim.cli import app
 from fedsim.devices import DevicePopulation
 from fedsim.grid import SimGrid
-from fedsim.links import gossip_over_links
+from fedsim.links import gossip_over_links, mix_step
 from fedsim.runner import simulate
 from fedsim.scenario import ChannelSpec, ClientsSpec, LinkSpec, ScenarioError
 from fedsim.training import flatten
 from tests.conftest import quadratic
-from topologies import TopologyError, mixing_matrix, ring, star
+from topologies import TopologyError, mixing_lambda, mixing_matrix, ring, star
 
 CENTERS = [float(i) for i in range(10)]
 
@@ -191,6 +191,77 @@ def test_gossip_step_lasts_as_long_as_the_slowest_link():
                                   np.ones(4, bool), q, 1, nbytes)
     assert report.duration_s == pytest.approx(q * (0.5 + 1.0))
     assert grid.now == pytest.approx(before + q * 1.5)
+
+
+def _mix_step_per_node(X, W, received, on_missing, noise):
+    """The per-node definition of a gossip step (fedsim.links' module doc), as a loop."""
+    mixed = np.array(X, dtype=np.float64, copy=True)
+    for i in range(W.shape[0]):
+        total, weight_sum, missing, arrived = None, 0.0, False, False
+        for j in np.flatnonzero(W[i]):
+            if j != i and not received[i, j]:
+                missing = True
+                continue
+            arrived |= j != i
+            value = X[j] + noise[(j, i)] if (j, i) in noise else X[j]
+            total = W[i, j] * value if total is None else total + W[i, j] * value
+            weight_sum += W[i, j]
+        if arrived:
+            if missing:
+                total = (total / weight_sum if on_missing == "renormalize"
+                         else total + (1.0 - weight_sum) * X[i])
+            mixed[i] = total
+    return mixed
+
+
+@pytest.mark.parametrize("on_missing", ["renormalize", "self_weight"])
+@pytest.mark.parametrize("kind", ["metropolis_hastings", "max_degree"])
+def test_vectorised_gossip_step_is_bit_identical_to_the_per_node_sums(on_missing, kind):
+    """Same bits as summing each closed neighbourhood in node order, with losses and noise."""
+    gen = np.random.default_rng(5)
+    for trial in range(20):
+        m = int(gen.integers(2, 30))
+        G = nx.gnp_random_graph(m, float(gen.uniform(0.05, 0.6)), seed=trial)
+        W = mixing_matrix(G, kind)
+        X = gen.standard_normal((m, 7)) * 10.0 ** gen.integers(-3, 4, size=(m, 1))
+        received = gen.random((m, m)) < gen.uniform(0.3, 1.0)
+        noise = {(int(j), int(i)): gen.standard_normal(7) for i, j in np.argwhere(W)
+                 if i != j and gen.random() < 0.3}
+        for nz in ({}, noise):
+            ours = mix_step(X, W, received, on_missing, nz or None)
+            assert ours.tobytes() == _mix_step_per_node(X, W, received, on_missing, nz).tobytes()
+
+
+def test_gossip_draws_are_keyed_per_exchange():
+    """Loss and noise of an exchange depend on (seed, round, step, sender, receiver) only:
+    dropping one node from the round changes nothing between the others."""
+    W = mixing_matrix(star(6))  # leaves talk only to the hub
+    X = np.arange(18.0).reshape(6, 3)
+    link = LinkSpec(erasure_p=0.3, noise_sigma=0.1)
+    everyone = np.ones(6, bool)
+    without_5 = everyone.copy()
+    without_5[5] = False
+    a, _ = gossip_over_links(_sim_grid(6, link), X, W, everyone, 1, 3, 24, seed=9)
+    b, _ = gossip_over_links(_sim_grid(6, link), X, W, without_5, 1, 3, 24, seed=9)
+    c, _ = gossip_over_links(_sim_grid(6, link), X, W, everyone, 1, 3, 24, seed=10)
+    assert np.array_equal(a[1:5], b[1:5]) and np.array_equal(b[5], X[5])
+    assert not np.array_equal(a, c)
+
+
+def test_spectral_gap_of_a_fixed_topology_is_computed_once(monkeypatch):
+    import strategies.decentralized as decentralized
+
+    calls = []
+
+    def counting(W):
+        calls.append(W.shape)
+        return mixing_lambda(W)
+
+    monkeypatch.setattr(decentralized, "mixing_lambda", counting)
+    result = _run("ring", rounds=4)
+    assert len(calls) == 1
+    assert {r["train_spectral_gap"] for r in result.records[1:]} == \
+        {1.0 - mixing_lambda(mixing_matrix(ring(len(CENTERS))))}
 
 
 # --------------------------------------------------------------- bad input (f) 5
