@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -320,9 +320,20 @@ class RayPool:
         self.ready()
         ray = self._ray
         batches = _split(jobs, self.num_workers, self._pinned)
-        payload_refs = [ray.put(p) for p in payloads]
-        futures = {w: self.actors[w].run.remote(batch, *payload_refs)
-                   for w, batch in batches.items()}
+        users: dict[int, set[int]] = {}
+        for w, batch in batches.items():
+            for job in batch:
+                users.setdefault(job.content_index, set()).add(w)
+        # a broadcast goes to the object store once; any other payload travels with the
+        # one call that uses it, so no actor deserialises other actors' messages
+        shared = {i: ray.put(payloads[i]) for i, used_by in users.items() if len(used_by) > 1}
+        futures = {}
+        for w, batch in batches.items():
+            indices = sorted({job.content_index for job in batch})
+            local = {index: n for n, index in enumerate(indices)}
+            own = [replace(job, content_index=local[job.content_index]) for job in batch]
+            futures[w] = self.actors[w].run.remote(
+                own, *(shared.get(i, payloads[i]) for i in indices))
         results: list[JobResult] = []
         for w, future in futures.items():
             try:
