@@ -7,10 +7,10 @@ its steps from hooks (the pool's `share_task_data` and the end-of-round records)
   imports       `fedsim.cli` and `fedsim.runner` (torch, flwr, pydantic, strategies)
   scenario      load and validate the YAML
   ray start     `make_pool`: `ray.init` (a local cluster) and the actors created, not
-                waited for
-  data          `make_task`, the device population, the client partitions and the test
-                set, computed once in the driver (`Task.shared_data`) while the actors
-                start
+                waited for; meanwhile a thread prepares the data: `make_task`, the device
+                population, the client partitions and the test set, computed once in the
+                driver (`Task.shared_data`)
+  data          what is left of the data preparation once Ray has started
   wait actors   what is left of the actors' start (imports of torch, flwr and the
                 strategies; the warm-up that imports `torch._dynamo`) once the data is
                 ready: the hook calls `RayPool.ready()` here

@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,14 +89,15 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     backend = scenario.backend
     spec = WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
     workers = min(backend.num_actors, scenario.clients.count) if backend.num_actors else None
-    # Ray's actors start in the background while the data is prepared here
-    pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
     checkpointer = (ckpt.Checkpointer(run_dir, scenario.checkpoint.every)
                     if run_dir is not None and scenario.checkpoint.every else None)
+    # The data is prepared in a thread while Ray starts (mostly waiting on its processes)
+    # and while the actors import and warm up; `ray.init` stays on the main thread.
+    with ThreadPoolExecutor(1, thread_name_prefix="fedsim-data") as executor:
+        prepared = executor.submit(_prepare_data, scenario)
+        pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
     try:
-        task = make_task(scenario)
-        devices = DevicePopulation(scenario.clients, scenario.seed,
-                                   labels=lambda i: task.train_data(i).y)  # label-correlated p
+        task, devices = prepared.result()
         pool.share_task_data(task.shared_data())  # workers do not load or partition data
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
                        Run.create_empty(RUN_ID))
@@ -148,6 +150,15 @@ def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Call
     for callback in callbacks:
         callback.on_run_end(run.summary, run.arrays)
     return run
+
+
+def _prepare_data(scenario: Scenario) -> tuple[Task, DevicePopulation]:
+    """The task with its shared data computed, and the device population."""
+    task = make_task(scenario)
+    task.shared_data()
+    devices = DevicePopulation(scenario.clients, scenario.seed,
+                               labels=lambda i: task.train_data(i).y)  # label-correlated p
+    return task, devices
 
 
 def _restore(checkpoint: ckpt.Checkpoint, scenario: Scenario, grid: Grid, strategy: Strategy,
