@@ -59,6 +59,18 @@ def test_same_seed_same_metrics_on_ray_with_one_or_two_actors_as_inline(ray_clus
         np.testing.assert_array_equal(flatten(on_ray.arrays), flatten(inline.arrays))
 
 
+@pytest.mark.ray
+def test_cnn_gives_the_same_bits_on_ray_as_inline(ray_cluster):
+    """Convolutions too: one torch thread everywhere, data shared from the driver."""
+    overrides = {"rounds": 2, "task": {"name": "digits", "model": "cnn",
+                                       "partition": {"kind": "dirichlet", "alpha": 0.5}},
+                 "clients": {"count": 8}}
+    inline = simulate(scenario(**overrides))
+    on_ray = simulate(scenario(**overrides, backend={"kind": "ray", "num_actors": 2}))
+    assert _strip_wall(on_ray.records) == _strip_wall(inline.records)
+    np.testing.assert_array_equal(flatten(on_ray.arrays), flatten(inline.arrays))
+
+
 def _tiers(slow_speed: float) -> list[dict]:
     return [{"name": "fast", "share": 3, "speed": 1.0},
             {"name": "slow", "share": 1, "speed": slow_speed}]
