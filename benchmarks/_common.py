@@ -7,14 +7,15 @@ system never warm up or slow down another.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 RESULT_PREFIX = "RESULT "
 PROCESS_START = time.perf_counter()
@@ -283,3 +284,39 @@ def print_errors(results: dict[str, dict[str, Any]]) -> None:
     for system, r in results.items():
         if "error" in r:
             print(f"{system} failed: {r['error']}")
+
+
+# ------------------------------------------------------------------ command line
+
+
+def benchmark_parser(doc: str, systems: Sequence[str] | None = None, timeout: float = 600,
+                     quick: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark has: --systems, --quick, --timeout, and the child's --system."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if systems:
+        parser.add_argument("--systems", default=",".join(systems),
+                            help=f"comma-separated subset of {','.join(systems)}")
+    if quick:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--timeout", type=float, default=timeout, help="per system, seconds")
+    parser.add_argument("--system", choices=systems or None, help=argparse.SUPPRESS)  # child
+    return parser
+
+
+def workload_arguments(parser: argparse.ArgumentParser, rounds: int, warmup: int,
+                       **sizes: int) -> None:
+    """--rounds, --warmup, --workers, and any of --nodes/--per-round/--samples given."""
+    parser.add_argument("--rounds", type=int, default=rounds, help="measured rounds")
+    parser.add_argument("--warmup", type=int, default=warmup, help="rounds run first, unmeasured")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes / actors / concurrent clients (default: cpu count)")
+    for name, default in sizes.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+
+
+def dispatch(args: argparse.Namespace, measure: Callable[[argparse.Namespace], None],
+             report: Callable[[argparse.Namespace], None]) -> NoReturn:
+    """A child (`--system`) measures its system; the parent runs them all and reports."""
+    (measure if args.system else report)(args)
+    sys.exit(0)

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import (
+    benchmark_parser,
     child_argv,
+    dispatch,
     emit,
     importable_from_workers,
     load_average,
@@ -41,6 +42,7 @@ from _common import (
     summarise,
     table,
     verdict,
+    workload_arguments,
 )
 
 SYSTEMS = ("fedsim", "flower", "ray", "ray-batch")
@@ -158,6 +160,7 @@ RUNNERS = {"fedsim": run_fedsim, "flower": run_flower, "ray": run_ray, "ray-batc
 
 
 def measure(args: argparse.Namespace) -> None:
+    args.nodes = int(args.nodes_list)  # a child measures one population size
     importable_from_workers()
     stamps = RUNNERS[args.system](args)
     if len(stamps) != args.warmup + args.rounds + 1:
@@ -202,26 +205,14 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, SYSTEMS, quick="100 nodes, 3 rounds")
+    workload_arguments(parser, rounds=5, warmup=1)
     parser.add_argument("--nodes", dest="nodes_list", default="100,400",
                         help="comma-separated population sizes (default 100,400)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--quick", action="store_true", help="100 nodes, 3 rounds")
-    parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.nodes_list, args.rounds = "100", 3
-    if args.system:
-        args.nodes = int(args.nodes_list)
-        measure(args)
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(args, measure, report)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from typing import Any
 
 from _common import (
+    benchmark_parser,
     cached_task,
     child_argv,
+    dispatch,
     emit,
     fedsim_stamps,
     flower_fedavg_stamps,
@@ -41,6 +42,7 @@ from _common import (
     round_table,
     run_all,
     verdict,
+    workload_arguments,
 )
 
 SYSTEMS = ("plain", "fedsim-inline", "fedsim", "flower")
@@ -104,6 +106,11 @@ def run_flower(args: argparse.Namespace) -> tuple[list[float], float]:
     return flower_fedavg_stamps(scenario(args), args.workers)
 
 
+def measure(args: argparse.Namespace) -> None:
+    stamps, loss = RUNNERS[args.system](args)
+    emit(round_result(args.system, stamps, args.warmup, args.rounds, train_loss=loss))
+
+
 RUNNERS = {"plain": run_plain, "fedsim-inline": run_fedsim, "fedsim": run_fedsim,
            "flower": run_flower}
 
@@ -129,27 +136,12 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--per-round", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=60, help="training samples per client")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--quick", action="store_true", help="10 measured rounds")
-    parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser = benchmark_parser(__doc__, SYSTEMS, quick="10 measured rounds")
+    workload_arguments(parser, rounds=20, warmup=2, nodes=1000, per_round=10, samples=60)
     args = parser.parse_args()
     if args.quick:
         args.rounds = 10
-    if args.system:
-        stamps, loss = RUNNERS[args.system](args)
-        emit(round_result(args.system, stamps, args.warmup, args.rounds, train_loss=loss))
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(args, measure, report)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
 from _common import (
+    benchmark_parser,
     cached_task,
     child_argv,
+    dispatch,
     emit,
     fedsim_stamps,
     load_average,
@@ -39,6 +40,7 @@ from _common import (
     round_table,
     run_all,
     verdict,
+    workload_arguments,
 )
 
 SYSTEMS = ("plain", "fedsim-inline", "fedsim")
@@ -95,6 +97,11 @@ def run_fedsim(args: argparse.Namespace) -> list[float]:
     return fedsim_stamps(scenario(args, backend))[0]
 
 
+def measure(args: argparse.Namespace) -> None:
+    runner = run_plain if args.system == "plain" else run_fedsim
+    emit(round_result(args.system, runner(args), args.warmup, args.rounds))
+
+
 def report(args: argparse.Namespace) -> None:
     print(f"gossip_scale: dpsgd, {args.nodes} nodes, logreg 64->10, {args.local_steps} local "
           f"steps of batch 8; {args.workers} workers; {args.warmup} warm-up + {args.rounds} "
@@ -116,28 +123,14 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, SYSTEMS, quick="ring only, 3 measured rounds")
+    workload_arguments(parser, rounds=5, warmup=1, nodes=256, local_steps=5)
     parser.add_argument("--topologies", default="ring,erdos_renyi")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--nodes", type=int, default=256)
-    parser.add_argument("--local-steps", type=int, default=5)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--quick", action="store_true", help="ring only, 3 measured rounds")
-    parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--topology", choices=tuple(TOPOLOGIES), help=argparse.SUPPRESS)
-    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.topologies, args.rounds = "ring", 3
-    if args.system:
-        runner = run_plain if args.system == "plain" else run_fedsim
-        emit(round_result(args.system, runner(args), args.warmup, args.rounds))
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(args, measure, report)
 
 
 if __name__ == "__main__":

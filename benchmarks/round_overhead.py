@@ -28,14 +28,15 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import (
     PROCESS_START,
+    benchmark_parser,
     cached_task,
+    dispatch,
     emit,
     fedsim_stamps,
     flower_fedavg_stamps,
@@ -44,6 +45,7 @@ from _common import (
     run_system,
     summarise,
     table,
+    workload_arguments,
 )
 
 SYSTEMS = ("plain", "fedsim", "flower")
@@ -212,26 +214,10 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="rounds not measured (default 1)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes / actors / concurrent clients (default: cpu count)")
-    parser.add_argument("--nodes", type=int, default=100)
-    parser.add_argument("--per-round", type=int, default=20)
-    parser.add_argument("--samples", type=int, default=600, help="training samples per node")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help="comma-separated subset of plain,fedsim,flower")
-    parser.add_argument("--timeout", type=float, default=600, help="per system, seconds")
+    parser = benchmark_parser(__doc__, SYSTEMS)
+    workload_arguments(parser, rounds=5, warmup=1, nodes=100, per_round=20, samples=600)
     parser.add_argument("--json", help="also write the raw per-round figures here")
-    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # child mode
-    args = parser.parse_args()
-    if args.system:
-        measure(args)
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(parser.parse_args(), measure, report)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from _common import (
+    benchmark_parser,
     child_argv,
+    dispatch,
     emit,
     fedsim_stamps,
     load_average,
@@ -34,6 +35,7 @@ from _common import (
     round_table,
     run_all,
     verdict,
+    workload_arguments,
 )
 
 TARGET_RATIO = 1.2
@@ -85,24 +87,13 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, timeout=900, quick="100 and 10,000 nodes only")
+    workload_arguments(parser, rounds=10, warmup=2, per_round=10)
     parser.add_argument("--populations", default="100,10000,100000")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--per-round", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="100 and 10,000 nodes only")
-    parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--system", help=argparse.SUPPRESS)  # child: a population size
     args = parser.parse_args()
     if args.quick:
         args.populations = "100,10000"
-    if args.system:
-        measure(args)
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(args, measure, report)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PROCESS_START, emit, load_average, run_system, table
+from _common import (
+    PROCESS_START,
+    benchmark_parser,
+    dispatch,
+    emit,
+    load_average,
+    run_system,
+    table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 10.0
@@ -126,20 +134,11 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, timeout=300)
     parser.add_argument("--scenario", default="scenarios/quickstart.yaml")
     parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end command")
-    parser.add_argument("--quick", action="store_true", help="same as the default (it is short)")
-    parser.add_argument("--timeout", type=float, default=300)
-    parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--parent-start", type=float, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.system:
-        measure(args)
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(parser.parse_args(), measure, report)
 
 
 if __name__ == "__main__":

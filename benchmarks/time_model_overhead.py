@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from _common import (
+    benchmark_parser,
     child_argv,
+    dispatch,
     emit,
     fedsim_stamps,
     load_average,
@@ -36,6 +37,7 @@ from _common import (
     round_table,
     run_all,
     verdict,
+    workload_arguments,
 )
 from round_overhead import bench_scenario
 
@@ -71,6 +73,13 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     return base
 
 
+def measure(args: argparse.Namespace) -> None:
+    stamps, result = fedsim_stamps(scenario(args))
+    totals = {k: result.summary.get(f"total_{k}", 0) for k in ("stragglers", "failures")}
+    emit(round_result(args.system, stamps, args.warmup, args.rounds,
+                      virtual_time_s=result.summary.get("virtual_time_s"), **totals))
+
+
 def report(args: argparse.Namespace) -> None:
     print(f"time_model_overhead: round_overhead's workload, {args.nodes} nodes, "
           f"{args.per_round} per round, {args.samples} samples each; {args.workers} ray actors; "
@@ -88,29 +97,12 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--nodes", type=int, default=100)
-    parser.add_argument("--per-round", type=int, default=20)
-    parser.add_argument("--samples", type=int, default=600)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--quick", action="store_true", help="150 samples per node, 4 rounds")
-    parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser = benchmark_parser(__doc__, SYSTEMS, quick="150 samples per node, 4 rounds")
+    workload_arguments(parser, rounds=5, warmup=1, nodes=100, per_round=20, samples=600)
     args = parser.parse_args()
     if args.quick:
         args.samples, args.rounds = 150, 4
-    if args.system:
-        stamps, result = fedsim_stamps(scenario(args))
-        totals = {k: result.summary.get(f"total_{k}", 0) for k in ("stragglers", "failures")}
-        emit(round_result(args.system, stamps, args.warmup, args.rounds,
-                          virtual_time_s=result.summary.get("virtual_time_s"), **totals))
-    else:
-        report(args)
-    sys.exit(0)
+    dispatch(args, measure, report)
 
 
 if __name__ == "__main__":
