@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 ClientFn = Callable[[Message, Context], Message]
 
+# Flower's FedAvg waits for 2 nodes by default; a simulated population may have 1.
+FEDAVG_DEFAULTS: dict[str, Any] = {"min_train_nodes": 1, "min_evaluate_nodes": 1,
+                                   "min_available_nodes": 1}
+
 
 @dataclass(frozen=True)
 class BuildContext:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from fedsim.training import (
     model_to_arrays,
     unflatten,
 )
-from strategies import BuildContext, StrategyInfo
+from strategies import FEDAVG_DEFAULTS, BuildContext, StrategyInfo
 
 Scheduler = Literal["G", "SL", "CL"]
 CLForm = Literal["additive", "multiplicative"]
@@ -113,9 +113,9 @@ class FedHyper(FedAvg):
         Scale s of CL's global term; None: 1/K (additive) or 0.1/S (multiplicative).
     cl_growth_cap : float (default: 1.1)
         Largest per-step lr multiplier of the multiplicative form.
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes,
-    weighted_by_key
-        As in Flower's FedAvg.
+    **fedavg
+        Flower's FedAvg arguments (fraction_train, min_train_nodes, weighted_by_key...);
+        the min_* counts default to 1.
     """
 
     def __init__(self, schedulers: Iterable[Scheduler] = ("G",), global_lr: float = 1.0,
@@ -126,13 +126,8 @@ class FedHyper(FedAvg):
                  local_lr_bounds: tuple[float, float] | None = None,
                  cl_form: CLForm = "additive", cl_global_term: bool = True,
                  cl_global_scale: float | None = None, cl_growth_cap: float = 1.1,
-                 fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
-                 min_train_nodes: int = 1, min_evaluate_nodes: int = 1,
-                 min_available_nodes: int = 1, weighted_by_key: str = "num-examples") -> None:
-        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
-                         min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
-                         min_available_nodes=min_available_nodes,
-                         weighted_by_key=weighted_by_key)
+                 **fedavg: Any) -> None:
+        super().__init__(**{**FEDAVG_DEFAULTS, **fedavg})
         self.schedulers = frozenset(schedulers)
         self.beta_g, self.beta_sl, self.beta_l = beta_g, beta_sl, beta_l
         self.global_lr_bounds = global_lr_bounds or (global_lr / global_clip_factor,

@@ -15,7 +15,7 @@ SAM-like ascent step of size ρ, against local overfitting.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from fedsim.training import (
     model_to_arrays,
     unflatten,
 )
-from strategies import BuildContext, StrategyInfo
+from strategies import FEDAVG_DEFAULTS, BuildContext, StrategyInfo
 
 ServerRule = Literal["paper", "official"]
 
@@ -89,21 +89,16 @@ class FedSpeed(FedAvg):
         Keep ĝ_i. False holds it at zero: local FedProx with μ = 1/λ (the spec's failure test).
     num_nodes : int or None (default: None)
         N, the population size ("official" rule); the builder passes the scenario's count.
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes,
-    weighted_by_key
-        As in Flower's FedAvg.
+    **fedavg
+        Flower's FedAvg arguments (fraction_train, min_train_nodes, weighted_by_key...);
+        the min_* counts default to 1.
     """
 
     def __init__(self, prox_lambda: float = 10.0, rho: float = 0.1, alpha: float = 0.9,
                  perturb_normalize: bool = True, server_rule: ServerRule = "paper",
                  prox_correction: bool = True, num_nodes: int | None = None,
-                 fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
-                 min_train_nodes: int = 1, min_evaluate_nodes: int = 1,
-                 min_available_nodes: int = 1, weighted_by_key: str = "num-examples") -> None:
-        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
-                         min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
-                         min_available_nodes=min_available_nodes,
-                         weighted_by_key=weighted_by_key)
+                 **fedavg: Any) -> None:
+        super().__init__(**{**FEDAVG_DEFAULTS, **fedavg})
         if server_rule == "official" and not num_nodes:
             raise ValueError("server_rule='official' needs num_nodes (the population size N)")
         self.prox_lambda, self.rho, self.alpha = prox_lambda, rho, alpha
