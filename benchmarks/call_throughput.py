@@ -37,7 +37,7 @@ from _common import (
     emit,
     importable_from_workers,
     load_average,
-    per_round,
+    round_result,
     run_all,
     summarise,
     table,
@@ -162,11 +162,7 @@ RUNNERS = {"fedsim": run_fedsim, "flower": run_flower, "ray": run_ray, "ray-batc
 def measure(args: argparse.Namespace) -> None:
     args.nodes = int(args.nodes_list)  # a child measures one population size
     importable_from_workers()
-    stamps = RUNNERS[args.system](args)
-    if len(stamps) != args.warmup + args.rounds + 1:
-        emit({"system": args.system, "error": f"{len(stamps)} stamps"})
-        return
-    emit({"system": args.system, "rounds": per_round(stamps, args.warmup)})
+    emit(round_result(args.system, RUNNERS[args.system](args), args.warmup, args.rounds))
 
 
 def calls_per_s(result: dict[str, Any], nodes: int) -> float:

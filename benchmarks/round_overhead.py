@@ -33,18 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    PROCESS_START,
     benchmark_parser,
     cached_task,
+    child_argv,
     dispatch,
     emit,
     fedsim_stamps,
     flower_fedavg_stamps,
     load_average,
-    per_round,
-    run_system,
-    summarise,
-    table,
+    mean_round,
+    print_errors,
+    round_result,
+    round_table,
+    run_all,
+    verdict,
     workload_arguments,
 )
 
@@ -154,61 +156,26 @@ def measure(args: argparse.Namespace) -> None:
     """Child process: run one system, print its RESULT line."""
     result = RUNNERS[args.system](args)
     stamps = result.pop("stamps")
-    expected = args.warmup + args.rounds + 1
-    if len(stamps) != expected:
-        emit({"system": args.system, "error": f"{len(stamps)} round stamps, expected {expected}"})
-        return
-    emit({"system": args.system, **result, "rounds": per_round(stamps, args.warmup),
-          "startup_s": stamps[0] - PROCESS_START,
-          "warmup_s": stamps[args.warmup] - stamps[0]})
+    emit(round_result(args.system, stamps, args.warmup, args.rounds, **result))
 
 
 def report(args: argparse.Namespace) -> None:
-    child_args = [f"--{k.replace('_', '-')}={v}" for k, v in
-                  (("rounds", args.rounds), ("warmup", args.warmup), ("workers", args.workers),
-                   ("nodes", args.nodes), ("per_round", args.per_round),
-                   ("samples", args.samples))]
     print(f"round_overhead: {args.nodes} nodes, {args.per_round} per round, {args.samples} "
           f"samples of 1x28x28 each, 1 local epoch of a small CNN; {args.workers} workers; "
           f"{args.warmup} warm-up + {args.rounds} measured rounds; cpus={os.cpu_count()}; "
           f"load average before: {load_average()}", flush=True)
-    results: dict[str, dict[str, Any]] = {}
-    for system in args.systems.split(","):
-        results[system] = run_system(__file__, system, child_args, args.timeout)
-        r = results[system]
-        status = r.get("error") or f"{summarise(r['rounds'])['mean']:.3f} s/round"
-        print(f"  {system}: {status}", flush=True)
-    rows = [["system", "s/round mean", "median", "min", "max", "startup s", "warm-up s",
-             "process s", "last train loss"]]
-    for system, r in results.items():
-        if "error" in r:
-            rows.append([system, "error", "", "", "", "", "", "", ""])
-            continue
-        s = summarise(r["rounds"])
-        rows.append([system, f"{s['mean']:.3f}", f"{s['median']:.3f}", f"{s['min']:.3f}",
-                     f"{s['max']:.3f}", f"{r['startup_s']:.1f}", f"{r['warmup_s']:.1f}",
-                     f"{r['process_s']:.1f}", f"{r.get('train_loss') or float('nan'):.4f}"])
+    argv = child_argv(args, ("rounds", "warmup", "workers", "nodes", "per_round", "samples"))
+    results = run_all(__file__, args.systems.split(","), argv, args.timeout,
+                      lambda r: f"{sum(r['rounds']) / len(r['rounds']):.3f} s/round")
     print()
-    print(table(rows))
-    print(f"load average after: {load_average()}")
-
-    def mean(system: str) -> float | None:
-        r = results.get(system)
-        return summarise(r["rounds"])["mean"] if r and "error" not in r else None
-
-    plain, fedsim, flower = mean("plain"), mean("fedsim"), mean("flower")
-    print()
-    if plain and fedsim:
-        ratio = fedsim / plain
-        verdict = "meets" if ratio <= TARGET_VS_PLAIN else "misses"
-        print(f"(b)/(a) fedsim / plain  = {ratio:.3f}   target <= {TARGET_VS_PLAIN} ({verdict})")
-    if fedsim and flower:
-        ratio = flower / fedsim
-        verdict = "meets" if ratio >= TARGET_VS_FLOWER else "misses"
-        print(f"(c)/(b) flower / fedsim = {ratio:.3f}   target >= {TARGET_VS_FLOWER} ({verdict})")
-    for system, r in results.items():
-        if "error" in r:
-            print(f"{system} failed: {r['error']}")
+    print(round_table(results, ["warmup_s", "train_loss"]))
+    print(f"load average after: {load_average()}\n")
+    plain, fedsim, flower = (mean_round(results, s) for s in ("plain", "fedsim", "flower"))
+    print(verdict("(b)/(a) fedsim / plain ", fedsim / plain if plain and fedsim else None,
+                  TARGET_VS_PLAIN, False))
+    print(verdict("(c)/(b) flower / fedsim", flower / fedsim if fedsim and flower else None,
+                  TARGET_VS_FLOWER, True))
+    print_errors(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
