@@ -1,6 +1,6 @@
 # SuperLink with fedsim installed: the ServerApp (strategy + central evaluation) runs here.
 # Built from Flower's official image of the pinned flwr version.
-ARG FLWR_VERSION=1.41.0
+ARG FLWR_VERSION=1.42.0
 FROM flwr/superlink:${FLWR_VERSION}
 USER root
 WORKDIR /opt/fedsim

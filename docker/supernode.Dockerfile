@@ -1,6 +1,6 @@
 # SuperNode with fedsim installed: one device; the ClientApp trains on its partition.
 # On a Raspberry Pi-class device (arm64) PyPI's torch wheel is already CPU-only.
-ARG FLWR_VERSION=1.41.0
+ARG FLWR_VERSION=1.42.0
 FROM flwr/supernode:${FLWR_VERSION}
 USER root
 WORKDIR /opt/fedsim
