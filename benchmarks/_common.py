@@ -101,8 +101,8 @@ def cached_task(scenario: dict[str, Any], cache: dict[str, Any]) -> Any:
     """The scenario's task, built once per process (`cache` is that process's)."""
     key = json.dumps(scenario, sort_keys=True)
     if key not in cache:
+        from fedsim.engine.tasks import make_task
         from fedsim.scenario import parse_scenario
-        from fedsim.tasks import make_task
 
         cache[key] = make_task(parse_scenario(scenario))
     return cache[key]
@@ -174,8 +174,9 @@ def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any,
     def train(message: Message, context: Context) -> Message:
         import torch
 
-        from fedsim.seeding import int_seed
-        from fedsim.training import TrainConfig, local_sgd, model_to_arrays
+        from fedsim.core.codec import model_to_arrays
+        from fedsim.core.seeding import int_seed
+        from fedsim.core.training import TrainConfig, local_sgd
 
         torch.set_num_threads(1)
         task = cached_task(scenario, tasks)

@@ -5,7 +5,7 @@ round holding a 1,000-float model and replies with it unchanged (`noop_app.py`),
 the figure is pure orchestration: how many ClientApp calls per second the engine
 drives. Systems, each in its own process, `--workers` worker processes each:
 
-  fedsim     `fedsim.pool.make_pool("ray", WorkerSpec("noop_app:client_app", ...))`
+  fedsim     `fedsim.engine.pool.make_pool("ray", WorkerSpec("noop_app:client_app", ...))`
              under a `SimGrid`; each round is one `grid.send_and_receive` of N messages
              (virtual time, byte counting, the pool's batching: what a strategy gets).
   flower     `flwr.simulation.run_simulation`, Ray backend, `num_cpus: 1` per client,
@@ -61,10 +61,10 @@ def run_fedsim(args: argparse.Namespace) -> list[float]:
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
     from flwr.supercore.run import Run
 
-    from fedsim.devices import DevicePopulation
-    from fedsim.grid import SimGrid
-    from fedsim.pool import WorkerSpec, make_pool
-    from fedsim.scenario import ChannelSpec, ClientsSpec
+    from fedsim.core.schema import ChannelSpec, ClientsSpec
+    from fedsim.engine.devices import DevicePopulation
+    from fedsim.engine.grid import SimGrid
+    from fedsim.engine.pool import WorkerSpec, make_pool
 
     spec = WorkerSpec("noop_app:client_app", 1, args.nodes)
     pool = make_pool("ray", spec, args.workers)

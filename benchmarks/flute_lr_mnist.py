@@ -68,8 +68,8 @@ def scenario(args: argparse.Namespace, backend: str = "ray") -> dict[str, Any]:
 def run_plain(args: argparse.Namespace) -> tuple[list[float], float]:
     import torch
 
-    from fedsim.seeding import int_seed
-    from fedsim.training import TrainConfig, local_sgd
+    from fedsim.core.seeding import int_seed
+    from fedsim.core.training import TrainConfig, local_sgd
 
     torch.set_num_threads(1)
     task = cached_task(scenario(args), {})

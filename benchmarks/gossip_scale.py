@@ -67,8 +67,8 @@ def run_plain(args: argparse.Namespace) -> list[float]:
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-    from fedsim.seeding import int_seed
-    from fedsim.training import TrainConfig, local_sgd
+    from fedsim.core.seeding import int_seed
+    from fedsim.core.training import TrainConfig, local_sgd
     from topologies import build_graph, mixing_matrix, parse_topology_spec
 
     torch.set_num_threads(1)

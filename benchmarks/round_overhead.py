@@ -3,7 +3,7 @@
 The workload (defaults): 100 nodes, 20 sampled per round (FedAvg, fraction_train=0.2),
 600 MNIST-shaped (1x28x28) samples each from the `synthetic_images` task, one local
 epoch of its small CNN (batch 32, SGD lr 0.05), no evaluation. Every system runs the
-same local training code (`fedsim.training.local_sgd` on the task's data, one torch
+same local training code (`fedsim.core.training.local_sgd` on the task's data, one torch
 thread per worker), so the differences are orchestration overhead:
 
   (a) plain   multiprocessing.Pool of W processes; each trains its share of the round's
@@ -91,8 +91,8 @@ def _plain_train(state: dict[str, Any], nodes: list[int], round_: int
                  ) -> list[tuple[dict[str, Any], int, float]]:
     import torch
 
-    from fedsim.seeding import int_seed
-    from fedsim.training import TrainConfig, local_sgd
+    from fedsim.core.seeding import int_seed
+    from fedsim.core.training import TrainConfig, local_sgd
 
     task = cached_task(json.loads(_PLAIN["json"]), _PLAIN)
     config = TrainConfig(lr=0.05, local_epochs=1, batch_size=32)

@@ -62,7 +62,7 @@ class Checkpointable(Protocol):
 
 
 def _skipped(value: Any) -> bool:
-    from fedsim.tasks import Task
+    from fedsim.core.task import Task
 
     return callable(value) or isinstance(value, Task | Grid)
 

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsim.scenario import Scenario, ScenarioError, load_scenario
+from fedsim.core.schema import Scenario, ScenarioError
+from fedsim.scenario import load_scenario
 
 app = typer.Typer(
     help="Simulate federated and decentralized learning on heterogeneous devices and noisy "

@@ -18,7 +18,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid
 
 import fedsim
-from fedsim.scenario import Scenario, load_scenario
+from fedsim.core.schema import Scenario
+from fedsim.scenario import load_scenario
 
 log = logging.getLogger("flwr")
 
@@ -42,9 +43,9 @@ def scenario_from_run_config(run_config: dict[str, Any]) -> Scenario:
 
 def serve(grid: Grid, context: Context) -> None:
     """The ServerApp's main: run the scenario's strategy on Flower's real grid."""
+    from fedsim.engine.tasks import make_task
     from fedsim.results import RunWriter
     from fedsim.runner import execute
-    from fedsim.tasks import make_task
 
     scenario = scenario_from_run_config(context.run_config)
     out_dir = Path(str(context.run_config.get("out-dir", "") or

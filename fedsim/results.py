@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
-from fedsim.scenario import Scenario, scenario_to_dict
+from fedsim.core.schema import Scenario, scenario_to_dict
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord

@@ -28,14 +28,17 @@ from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
 
 from fedsim import checkpoint as ckpt
-from fedsim.devices import DevicePopulation
-from fedsim.grid import WORK_KEY, SimGrid
-from fedsim.pool import WorkerSpec, make_pool
+from fedsim.core.codec import arrays_to_model, flatten, model_to_arrays
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import Scenario, ScenarioError, scenario_to_dict
+from fedsim.core.seeding import int_seed
+from fedsim.core.task import Task
+from fedsim.core.training import TrainConfig
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.grid import SimGrid
+from fedsim.engine.pool import WorkerSpec, make_pool
+from fedsim.engine.tasks import make_task
 from fedsim.results import Callback
-from fedsim.scenario import Scenario, ScenarioError, scenario_to_dict
-from fedsim.seeding import int_seed
-from fedsim.tasks import Task, make_task
-from fedsim.training import TrainConfig, arrays_to_model, flatten, model_to_arrays
 from strategies import BuildContext, build_strategy
 
 RUN_ID = 1
@@ -118,7 +121,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Call
         callback.on_run_start(scenario)
     try:
         strategy = build_strategy(scenario, BuildContext(scenario, scenario.clients.count,
-                                                         devices))
+                                                         task, devices))
     except ValueError as exc:  # a builder's plain check of the scenario
         if type(exc) is not ValueError:  # ScenarioError, TopologyError: already one line
             raise

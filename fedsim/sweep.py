@@ -25,16 +25,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from fedsim.scenario import (
-    ScenarioError,
-    Spec,
-    apply_overrides,
-    describe_error,
-    parse_scenario,
-    read_yaml,
-    scenario_to_dict,
-    set_path,
-)
+from fedsim.core.schema import ScenarioError, Spec, describe_error, scenario_to_dict
+from fedsim.scenario import apply_overrides, parse_scenario, read_yaml, set_path
 
 
 class SweepSpec(Spec):

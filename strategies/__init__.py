@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import Context, Message
 from pydantic import BaseModel, ValidationError
 
-from fedsim.scenario import Scenario, ScenarioError, describe_error
+from fedsim.core.schema import Scenario, ScenarioError, describe_error
+from fedsim.core.task import Task
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
-
-    from fedsim.devices import DevicePopulation
 
 ClientFn = Callable[[Message, Context], Message]
 
@@ -39,7 +38,8 @@ class BuildContext:
 
     scenario: Scenario
     num_nodes: int
-    devices: DevicePopulation | None = None  # None on a deployed grid
+    task: Task  # the run's task, built once by the composition root
+    devices: Any = None  # the simulated device population; None on a deployed grid
 
 
 @dataclass(frozen=True)

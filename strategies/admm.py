@@ -61,10 +61,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.client import client_task, reply
-from fedsim.grid import NODE_ID_OFFSET, WORK_KEY
-from fedsim.seeding import rng
-from fedsim.training import flatten, unflatten
+from fedsim.core.client import client_task, reply
+from fedsim.core.codec import flatten, unflatten
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.seeding import rng
+from fedsim.engine.grid import NODE_ID_OFFSET
 from strategies import BuildContext, StrategyInfo
 
 STATE_KEY = "admm"

@@ -21,7 +21,7 @@ How it is simulated. There is no server in the algorithm; here the server proces
 *holds* each node's model x_i between rounds and plays the network: it sends node i its
 own model in a ``train.dfedsam`` message, the node does its K local steps and replies
 z_i, and the server runs the Q gossip steps over the simulated node-to-node links
-(:mod:`fedsim.links`: sender uplink time, noise and erasure; Q·deg(i) model transfers
+(:mod:`fedsim.engine.links`: sender uplink time, noise and erasure; Q·deg(i) model transfers
 counted per node and round). The train message and its reply are therefore a relay
 artifact: SimGrid counts them as ordinary server traffic (one model down and one up per
 node and round) on top of the gossip bytes, which are also reported on their own as
@@ -30,7 +30,7 @@ node and round) on top of the gossip bytes, which are also reported on their own
 - **Availability.** Nodes not online this round, or whose reply is lost or late (after
   ``deadline_s``), keep their model and take no part in gossip; their neighbours treat
   them as lost messages and renormalize their weights (``on_missing``, see
-  :mod:`fedsim.links`).
+  :mod:`fedsim.engine.links`).
 - **Topologies.** ``scenario.topology``; time-varying ones (``random_matching``,
   ``resample``) draw each round's graph with :func:`topologies.graph_for_round`. A fixed
   topology must be connected (else :class:`topologies.TopologyError` at build time). On
@@ -60,24 +60,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.channel import payload_nbytes
-from fedsim.client import client_task, reply
-from fedsim.grid import NODE_ID_OFFSET, WORK_KEY, SimGrid
-from fedsim.links import OnMissing, gossip_over_links
-from fedsim.scenario import ScenarioError
-from fedsim.seeding import rng
-from fedsim.tasks import Dataset, Task, make_task
-from fedsim.training import (
-    TrainConfig,
+from fedsim.core.client import client_task, reply
+from fedsim.core.codec import (
     array_from_numpy,
     array_to_numpy,
     arrays_to_model,
     flatten,
-    local_batches,
-    make_optimizer,
     model_to_arrays,
     unflatten,
 )
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import ScenarioError
+from fedsim.core.seeding import rng
+from fedsim.core.task import Dataset, Task
+from fedsim.core.training import TrainConfig, local_batches, make_optimizer
+from fedsim.engine.channel import payload_nbytes
+from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
+from fedsim.engine.links import OnMissing, gossip_over_links
+from fedsim.engine.tasks import make_task
 from strategies import BuildContext, StrategyInfo
 from topologies import (
     MixingKind,
@@ -106,7 +106,7 @@ def local_sam(model: torch.nn.Module, task: Task, data: Dataset, config: TrainCo
     Each step: g = ∇F(y; ξ), e = ρ g/‖g‖₂ (global norm over all parameters), then the
     base SGD step (with its momentum and weight decay) applied at y with ∇F(y + e; ξ),
     on the same minibatch ξ. With ρ = 0 there is no perturbation and no second pass:
-    exactly :func:`fedsim.training.local_sgd`'s step. The loss reported is at y.
+    exactly :func:`fedsim.core.training.local_sgd`'s step. The loss reported is at y.
     """
     model.train()
     optimizer = make_optimizer(model, config)

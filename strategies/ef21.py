@@ -55,11 +55,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.client import client_task, reply
-from fedsim.grid import NODE_ID_OFFSET, WORK_KEY
-from fedsim.seeding import rng
-from fedsim.tasks import Dataset, Task, make_task
-from fedsim.training import TrainConfig, flatten, local_sgd, unflatten
+from fedsim.core.client import client_task, reply
+from fedsim.core.codec import flatten, unflatten
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.seeding import rng
+from fedsim.core.task import Dataset, Task
+from fedsim.core.training import TrainConfig, local_sgd
+from fedsim.engine.grid import NODE_ID_OFFSET
+from fedsim.engine.tasks import make_task
 from strategies import BuildContext, StrategyInfo
 from strategies.compressors import (
     Compressed,

@@ -55,18 +55,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.channel import payload_nbytes, transfer_time
-from fedsim.client import client_task, reply
-from fedsim.clock import RESOLUTION_S, Clock, clock_for
-from fedsim.grid import NODE_ID_OFFSET, WORK_KEY
-from fedsim.scenario import GilbertElliottStraggling, IidStraggling, Scenario
-from fedsim.training import (
-    TrainConfig,
-    flatten,
-    local_sgd,
-    model_to_arrays,
-    unflatten,
-)
+from fedsim.core.client import client_task, reply
+from fedsim.core.clock import RESOLUTION_S, Clock, clock_for
+from fedsim.core.codec import flatten, model_to_arrays, unflatten
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import GilbertElliottStraggling, IidStraggling, Scenario
+from fedsim.core.training import TrainConfig, local_sgd
+from fedsim.engine.channel import payload_nbytes, transfer_time
+from fedsim.engine.grid import NODE_ID_OFFSET
 from strategies import BuildContext, StrategyInfo
 
 MESSAGE_TYPE = "train.fedfix"
@@ -427,8 +423,8 @@ def _partition(node_id: int) -> int:
 
 def expected_job_times(scenario: Scenario, ctx: BuildContext) -> list[float] | None:
     """τ_i = downlink + work / speed × E[slowdown] + uplink, from the device model."""
+    from fedsim.engine.tasks import make_task
     from fedsim.runner import initial_arrays
-    from fedsim.tasks import make_task
 
     devices = ctx.devices
     if devices is None:
@@ -494,7 +490,7 @@ class FedBuffParams(_CommonParams):
 def _common(params: _CommonParams, ctx: BuildContext) -> dict:
     importance = None
     if params.importance == "samples":
-        from fedsim.tasks import make_task
+        from fedsim.engine.tasks import make_task
 
         task = make_task(ctx.scenario)
         importance = [len(task.train_data(i)) for i in range(ctx.num_nodes)]

@@ -29,17 +29,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedsim.client import client_task, reply
-from fedsim.grid import WORK_KEY
-from fedsim.scenario import ScenarioError
-from fedsim.training import (
-    TrainConfig,
-    flatten,
-    local_batches,
-    make_optimizer,
-    model_to_arrays,
-    unflatten,
-)
+from fedsim.core.client import client_task, reply
+from fedsim.core.codec import flatten, model_to_arrays, unflatten
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import ScenarioError
+from fedsim.core.training import TrainConfig, local_batches, make_optimizer
 from strategies import FEDAVG_DEFAULTS, BuildContext, StrategyInfo
 
 Scheduler = Literal["G", "SL", "CL"]

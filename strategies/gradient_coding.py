@@ -45,12 +45,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.client import client_task, reply
-from fedsim.clock import Clock, clock_for
-from fedsim.grid import NODE_ID_OFFSET, WORK_KEY, SimGrid
-from fedsim.scenario import ScenarioError
-from fedsim.tasks import Dataset, Task
-from fedsim.training import flatten, unflatten
+from fedsim.core.client import client_task, reply
+from fedsim.core.clock import Clock, clock_for
+from fedsim.core.codec import flatten, unflatten
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import ScenarioError
+from fedsim.core.task import Dataset, Task
+from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
 from strategies import BuildContext, StrategyInfo
 
 GCScheme = Literal["frc", "crc"]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from fedsim.scenario import Scenario, parse_scenario, set_path
+from fedsim.core.schema import Scenario
+from fedsim.scenario import parse_scenario, set_path
 
 BASE: dict[str, Any] = {
     "name": "test",

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedsim.core.codec import flatten
 from fedsim.runner import simulate
-from fedsim.training import flatten
 from tests.conftest import scenario
 
 WLS: dict[str, Any] = {

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from fedsim import checkpoint as ckpt
+from fedsim.engine.tasks import make_task
 from fedsim.runner import simulate
 from fedsim.scenario import load_scenario, parse_scenario
 from strategies import BuildContext, build_strategy, registry
@@ -209,7 +210,7 @@ def test_every_strategy_state_round_trips_through_a_checkpoint() -> None:
             data["topology"] = {"name": "ring"}
         try:
             s = parse_scenario(data)
-            strategy = build_strategy(s, BuildContext(s, s.clients.count))
+            strategy = build_strategy(s, BuildContext(s, s.clients.count, make_task(s)))
         except Exception:  # needs other params/tasks: not this test's concern
             continue
         state = pickle.loads(pickle.dumps(ckpt.strategy_state(strategy)))

@@ -1,4 +1,4 @@
-"""D-PSGD/DFedAvg, DFedSAM, DFedSAM-MGS (part A §5) through the simulator, and fedsim.links."""
+"""D-PSGD/DFedAvg, DFedSAM, DFedSAM-MGS through the simulator, and fedsim.engine.links."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from flwr.supercore.run import Run
 from typer.testing import CliRunner
 
 from fedsim.cli import app
-from fedsim.devices import DevicePopulation
-from fedsim.grid import SimGrid
-from fedsim.links import gossip_over_links, mix_step
+from fedsim.core.codec import flatten
+from fedsim.core.schema import ChannelSpec, ClientsSpec, LinkSpec, ScenarioError
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.grid import SimGrid
+from fedsim.engine.links import gossip_over_links, mix_step
 from fedsim.runner import simulate
-from fedsim.scenario import ChannelSpec, ClientsSpec, LinkSpec, ScenarioError
-from fedsim.training import flatten
 from tests.conftest import quadratic
 from topologies import TopologyError, mixing_lambda, mixing_matrix, ring, star
 
@@ -194,7 +194,7 @@ def test_gossip_step_lasts_as_long_as_the_slowest_link():
 
 
 def _mix_step_per_node(X, W, received, on_missing, noise):
-    """The per-node definition of a gossip step (fedsim.links' module doc), as a loop."""
+    """The per-node definition of a gossip step (fedsim.engine.links' module doc), as a loop."""
     mixed = np.array(X, dtype=np.float64, copy=True)
     for i in range(W.shape[0]):
         total, weight_sum, missing, arrived = None, 0.0, False, False

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedsim.core.codec import flatten
 from fedsim.runner import simulate
-from fedsim.training import flatten
 from tests.conftest import scenario
 from tests.test_ef21 import TOP2, least_squares, run
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedsim.core.codec import flatten
+from fedsim.engine.tasks import make_task
 from fedsim.runner import simulate
-from fedsim.tasks import make_task
-from fedsim.training import flatten
 from strategies.ef21 import ef21_step
 from tests.conftest import BASE, scenario
 

@@ -9,12 +9,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.run import Run
 
-from fedsim.devices import DevicePopulation
-from fedsim.grid import NODE_ID_OFFSET, SimGrid
-from fedsim.pool import InlinePool, WorkerSpec
+from fedsim.core.codec import flatten
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
+from fedsim.engine.pool import InlinePool, WorkerSpec
+from fedsim.engine.tasks import make_task
 from fedsim.runner import CLIENT_APP, RunStalled, run_config, simulate
-from fedsim.tasks import make_task
-from fedsim.training import flatten
 from tests.conftest import quadratic, scenario
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import strategies.fedau as fedau
-from fedsim.devices import DevicePopulation, label_correlated_p, label_distributions
+from fedsim.core.codec import flatten
+from fedsim.core.schema import LabelCorrelation
+from fedsim.core.seeding import rng
+from fedsim.engine.devices import DevicePopulation, label_correlated_p, label_distributions
+from fedsim.engine.tasks import make_task
 from fedsim.runner import simulate
-from fedsim.scenario import LabelCorrelation
-from fedsim.seeding import rng
-from fedsim.tasks import make_task
-from fedsim.training import flatten
 from strategies.fedau import IntervalEstimator
 from tests.conftest import quadratic, scenario
 

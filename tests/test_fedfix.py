@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.devices import DevicePopulation
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.tasks import make_task
+from fedsim.engine.tasks.quadratic import QuadraticTask
 from fedsim.runner import simulate
-from fedsim.tasks.quadratic import QuadraticTask
 from strategies import BuildContext, build_strategy
 from tests.conftest import quadratic
 
@@ -68,7 +69,7 @@ def test_job_times_come_from_the_devices():
 
 
 def _context(s):
-    return BuildContext(s, s.clients.count, DevicePopulation(s.clients, s.seed))
+    return BuildContext(s, s.clients.count, make_task(s), DevicePopulation(s.clients, s.seed))
 
 
 def test_fedfix_weight_scales_by_ceil_tau_over_period_and_without_it_is_the_biased_weight():

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedsim.pool import ClientWorker, Job, WorkerSpec
+from fedsim.core.codec import flatten, model_to_arrays
+from fedsim.core.training import TrainConfig
+from fedsim.engine.pool import ClientWorker, Job, WorkerSpec
+from fedsim.engine.tasks import make_task
 from fedsim.runner import CLIENT_APP, run_config, simulate
-from fedsim.tasks import make_task
-from fedsim.training import TrainConfig, flatten, model_to_arrays
 from strategies.fedhyper import DELTA_KEY, MESSAGE_TYPE, FedHyper, _as_float64_record
 from tests.conftest import quadratic, scenario
 
@@ -143,7 +144,7 @@ def test_global_momentum_variant_steps_by_delta_plus_excess_lr_times_momentum():
 
 
 def test_cl_is_rejected_with_momentum_in_local_training():
-    from fedsim.scenario import ScenarioError
+    from fedsim.core.schema import ScenarioError
 
     with pytest.raises(ScenarioError, match="momentum"):
         simulate(scenario(**_digits(_fedhyper(schedulers=["CL"])), training__momentum=0.9))

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.core.codec import flatten
 from fedsim.runner import simulate
-from fedsim.training import flatten
 from strategies.fedpca import qf
 from tests.conftest import scenario
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedsim.pool import ClientWorker, Job, WorkerSpec
+from fedsim.core.codec import flatten, model_to_arrays, unflatten
+from fedsim.core.training import TrainConfig
+from fedsim.engine.pool import ClientWorker, Job, WorkerSpec
+from fedsim.engine.tasks import make_task
 from fedsim.runner import CLIENT_APP, run_config, simulate
-from fedsim.tasks import make_task
-from fedsim.training import TrainConfig, flatten, model_to_arrays, unflatten
 from strategies.fedspeed import CORRECTION_KEY, MESSAGE_TYPE, FedSpeed
 from tests.conftest import quadratic
 

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.devices import DevicePopulation
+from fedsim.core.codec import flatten
+from fedsim.core.schema import ClientsSpec
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.stragglers import conforms
+from fedsim.engine.tasks import make_task
 from fedsim.runner import RunResult, initial_arrays, simulate
-from fedsim.scenario import ClientsSpec, load_scenario
-from fedsim.stragglers import conforms
-from fedsim.tasks import make_task
-from fedsim.training import flatten
+from fedsim.scenario import load_scenario
 from strategies.sequential_gradient_coding import (
     m_sgc_delay,
     sr_sgc_delay,

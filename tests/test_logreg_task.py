@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsim.tasks import make_task
-from fedsim.tasks.logreg import contiguous_chunks, load_libsvm
+from fedsim.engine.tasks import make_task
+from fedsim.engine.tasks.logreg import contiguous_chunks, load_libsvm
 from tests.conftest import BASE, scenario
 
 

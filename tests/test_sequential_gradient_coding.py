@@ -6,7 +6,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from fedsim.stragglers import conforms, round_conforms, sample_bursty_pattern
+from fedsim.engine.stragglers import conforms, round_conforms, sample_bursty_pattern
 from strategies.gradient_coding import gc_load
 from strategies.sequential_gradient_coding import (
     IDLE,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.engine.tasks import make_task
 from fedsim.runner import RUN_ID, run_config
-from fedsim.tasks import make_task
 from tests.conftest import scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +45,8 @@ def test_worker_given_the_driver_data_imports_neither_sklearn_nor_datasets(tmp_p
     data.write_bytes(pickle.dumps(make_task(s).shared_data()))
     child = textwrap.dedent(f"""
         import json, pickle, sys
-        from fedsim.pool import ClientWorker, WorkerSpec
-        from fedsim.tasks import task_from_run_config
+        from fedsim.engine.pool import ClientWorker, WorkerSpec
+        from fedsim.apps import task_from_run_config
         config = json.loads({json.dumps(json.dumps(run_config(s)))})
         worker = ClientWorker(WorkerSpec("fedsim.apps:client_app", {RUN_ID}, 12, config))
         assert "torch._dynamo" in sys.modules, "the warm-up should import torch._dynamo"

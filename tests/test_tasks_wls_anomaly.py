@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.scenario import ScenarioError
-from fedsim.tasks import make_task
-from fedsim.tasks.anomaly import TON_IOT_DROP, UNSW_NB15_DROP, detection_metrics
+from fedsim.core.schema import ScenarioError
+from fedsim.engine.tasks import make_task
+from fedsim.engine.tasks.anomaly import TON_IOT_DROP, UNSW_NB15_DROP, detection_metrics
 from tests.conftest import scenario
 
 

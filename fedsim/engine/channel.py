@@ -15,8 +15,8 @@ import math
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedsim.scenario import LinkSpec
-from fedsim.training import array_from_numpy, array_to_numpy
+from fedsim.core.codec import array_from_numpy, array_to_numpy
+from fedsim.core.schema import LinkSpec
 
 
 def array_nbytes(array: Array) -> int:

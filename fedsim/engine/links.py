@@ -30,7 +30,7 @@ on the nodes that take part, and so keeps their average. Inactive nodes (not
 available or not replying this round) neither send nor receive: their vector is
 unchanged and, to their neighbours, they look like lost messages.
 
-On a grid that is not a :class:`~fedsim.grid.SimGrid` (a deployed Flower grid) the
+On a grid that is not a :class:`~fedsim.engine.grid.SimGrid` (a deployed Flower grid) the
 server relays the vectors: no noise, no loss, no virtual time; bytes are counted
 only if the grid has a ``stats.count_bytes``.
 
@@ -46,10 +46,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedsim.channel import transfer_time
-from fedsim.grid import SimGrid
-from fedsim.scenario import LinkSpec
-from fedsim.seeding import rng
+from fedsim.core.schema import LinkSpec
+from fedsim.core.seeding import rng
+from fedsim.engine.channel import transfer_time
+from fedsim.engine.grid import SimGrid
 
 OnMissing = Literal["renormalize", "self_weight"]
 
@@ -168,7 +168,7 @@ def gossip_over_links(
 
     `active[i]` marks the nodes that take part this round. `float_mask` marks the
     vector entries that are floats (noise is added only there, as in
-    :func:`fedsim.channel.add_noise`); default all. Advances a SimGrid's clock by the
+    :func:`fedsim.engine.channel.add_noise`); default all. Advances a SimGrid's clock by the
     gossip's duration and counts bytes into ``grid.stats``. Exchanges are handled as
     arrays; only a link with erasure or noise costs a keyed draw per exchange.
     """

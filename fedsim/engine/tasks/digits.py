@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedsim.tasks import Dataset, Task, TaskParams
-from fedsim.tasks.partition import partition_indices
+from fedsim.core.task import Dataset, Task, TaskParams
+from fedsim.engine.tasks.partition import partition_indices
 
 
 class DigitsParams(TaskParams):

@@ -26,10 +26,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedsim.scenario import ScenarioError
-from fedsim.seeding import rng
-from fedsim.tasks import Dataset, Task, TaskParams
-from fedsim.tasks.partition import partition_indices
+from fedsim.core.schema import ScenarioError
+from fedsim.core.seeding import rng
+from fedsim.core.task import Dataset, Task, TaskParams
+from fedsim.engine.tasks.partition import partition_indices
 
 
 @dataclass(frozen=True)

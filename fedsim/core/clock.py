@@ -8,10 +8,11 @@ from the clock, not from rounds. It asks the clock for two things only:
 - `wait_for_replies(grid, ids)`: block until at least one reply has arrived and return
   every reply that arrived at that same instant, for schemes that act on arrivals.
 
-On `SimGrid` both jump the virtual clock straight to the next event (nothing sleeps). Two
-instants closer than `RESOLUTION_S` are one instant, so that job times such as 0.2 s that
-are not exact in binary still tie with an aggregation tick they land on.
-On any other grid the same calls sleep and poll `pull_messages`.
+A grid that keeps its own time offers it as `grid.clock()`: SimGrid's virtual clock jumps
+straight to the next event (nothing sleeps; `fedsim.engine.clock`). On any other grid the
+same calls sleep and poll `pull_messages` (`WallClock`). Two instants closer than
+`RESOLUTION_S` are one instant, so that job times such as 0.2 s that are not exact in binary
+still tie with an aggregation tick they land on.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from collections.abc import Sequence
 
 from flwr.app import Message
 from flwr.serverapp import Grid
-
-from fedsim.grid import SimGrid
 
 RESOLUTION_S = 1e-9
 """Events less than this far apart (in seconds) happen at the same instant."""
@@ -53,42 +52,6 @@ class Clock(ABC):
         Returns every reply that arrived at that instant (empty if `until` came first or
         no reply can come).
         """
-
-
-class VirtualClock(Clock):
-    """The virtual clock of a `SimGrid`: waiting is a jump to the next event."""
-
-    def __init__(self, grid: SimGrid) -> None:
-        self.grid = grid
-
-    def now(self) -> float:
-        return float(self.grid.now)
-
-    def wait_until(self, t: float) -> None:
-        self.grid.advance_to(t)
-
-    def collect_until(self, grid: Grid, message_ids: Sequence[str], t: float) -> list[Message]:
-        self.wait_until(t)
-        replies = self.grid.pull_messages(message_ids)
-        return replies + self._ties(message_ids, t)
-
-    def wait_for_replies(self, grid: Grid, message_ids: Sequence[str],
-                         until: float = math.inf) -> list[Message]:
-        first = self.grid.next_arrival(message_ids)
-        if first is None or first > until + RESOLUTION_S:
-            if math.isfinite(until):
-                self.wait_until(until)
-            return []
-        self.wait_until(first)
-        return self.grid.pull_messages(message_ids) + self._ties(message_ids, first)
-
-    def _ties(self, message_ids: Sequence[str], t: float) -> list[Message]:
-        """Replies arriving within `RESOLUTION_S` after `t` (float rounding of a tie)."""
-        replies: list[Message] = []
-        while (nxt := self.grid.next_arrival(message_ids)) is not None and nxt <= t + RESOLUTION_S:
-            self.grid.advance_to(nxt)
-            replies += self.grid.pull_messages(message_ids)
-        return replies
 
 
 class WallClock(Clock):
@@ -120,5 +83,7 @@ class WallClock(Clock):
 
 
 def clock_for(grid: Grid) -> Clock:
-    """The virtual clock of a `SimGrid`, else the wall clock."""
-    return VirtualClock(grid) if isinstance(grid, SimGrid) else WallClock()
+    """The grid's own clock where it keeps one (a simulated grid's virtual clock), else
+    the wall clock."""
+    own = getattr(grid, "clock", None)
+    return own() if callable(own) else WallClock()

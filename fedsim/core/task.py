@@ -1,27 +1,21 @@
-"""Tasks: a model, data shards per client, a loss and an evaluation.
+"""The task interface: a model, data shards per client, a loss and an evaluation.
 
 Strategies' client halves talk to a task only through `Task`, never to a
-concrete dataset, so every algorithm runs on every task that fits it. Tasks are
-registered by name for scenarios (`task.name`): every module of this package
-lists its tasks in a `TASKS` tuple. Each validates its own `task.params` with a
-pydantic model.
+concrete dataset, so every algorithm runs on every task that fits it. The
+concrete tasks live in the engine (`fedsim.engine.tasks`).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import json
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from flwr.app import ArrayRecord
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from fedsim.scenario import Scenario, ScenarioError, TaskSpec, describe_error, scenario_to_dict
+from fedsim.core.schema import TaskSpec
 
 
 class TaskParams(BaseModel):
@@ -81,7 +75,7 @@ class Task(ABC):
         job's draws do not depend on which job came first on a worker. It is the
         caller's until the next call: take a copy to keep two models.
         """
-        from fedsim.training import arrays_to_model
+        from fedsim.core.codec import arrays_to_model  # training imports this module
 
         model = self.__dict__.get("_reused_model")
         if model is None:
@@ -110,61 +104,3 @@ class Task(ABC):
         loss = torch.nn.functional.cross_entropy(logits, data.y).item()
         accuracy = (logits.argmax(dim=1) == data.y).float().mean().item()
         return {"loss": loss, "accuracy": accuracy}
-
-
-@functools.cache
-def _registry() -> dict[str, type[Task]]:
-    """Every task class listed in a `TASKS` tuple of a module of this package."""
-    tasks: dict[str, type[Task]] = {}
-    for module_info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        for task in getattr(module, "TASKS", ()):
-            tasks[task.name] = task
-    return tasks
-
-
-def task_names() -> list[str]:
-    return sorted(_registry())
-
-
-def validate_task_spec(scenario: Scenario) -> None:
-    """Check `task.name`, `task.model` and `task.params` of a scenario."""
-    spec = scenario.task
-    registry = _registry()
-    if spec.name not in registry:
-        raise ScenarioError(f"task.name: unknown task {spec.name!r} "
-                            f"(available: {', '.join(sorted(registry))})")
-    task = registry[spec.name]
-    if spec.model is not None and spec.model not in task.models:
-        raise ScenarioError(f"task.model: {spec.model!r} is not a model of task {spec.name!r} "
-                            f"(available: {', '.join(task.models)})")
-    try:
-        make_task(scenario)  # cheap: tasks load data lazily; checks params against the run
-    except ValidationError as exc:
-        raise ScenarioError(describe_error(exc, task.Params, prefix="task.params.")) from None
-
-
-def make_task(scenario: Scenario) -> Task:
-    return _registry()[scenario.task.name](scenario.task, scenario.clients.count, scenario.seed)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_task(scenario_json: str, num_partitions: int) -> Task:
-    scenario = Scenario.model_validate(json.loads(scenario_json))
-    return _registry()[scenario.task.name](scenario.task, num_partitions, scenario.seed)
-
-
-def task_from_run_config(run_config: dict[str, Any], num_partitions: int) -> Task:
-    """The task of a run, built once per process and number of partitions.
-
-    The simulator passes the resolved scenario as JSON (`scenario-json`); a
-    deployed app passes the path of a scenario file (`scenario`, from
-    `[tool.flwr.app.config]` or `flwr run -c`). On a device, the number of
-    partitions comes from the node's `--node-config`.
-    """
-    if "scenario-json" in run_config:
-        return _cached_task(str(run_config["scenario-json"]), num_partitions)
-    from fedsim.deploy import scenario_from_run_config
-
-    scenario = scenario_from_run_config(run_config)
-    return _cached_task(json.dumps(scenario_to_dict(scenario)), num_partitions)

@@ -20,8 +20,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedsim.seeding import rng
-from fedsim.tasks import Dataset, Task, TaskParams
+from fedsim.core.seeding import rng
+from fedsim.core.task import Dataset, Task, TaskParams
 
 
 class WlsParams(TaskParams):

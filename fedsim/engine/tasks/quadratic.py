@@ -12,8 +12,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedsim.scenario import ScenarioError
-from fedsim.tasks import Dataset, Task, TaskParams
+from fedsim.core.schema import ScenarioError
+from fedsim.core.task import Dataset, Task, TaskParams
 
 
 class QuadraticParams(TaskParams):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.scenario import PartitionSpec
+from fedsim.core.schema import PartitionSpec
 
 
 def partition_indices(labels: np.ndarray, spec: PartitionSpec, num_partitions: int,

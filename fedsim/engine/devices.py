@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.scenario import (
+from fedsim.core.schema import (
     AlwaysOn,
     BernoulliAvailability,
     BurstyStraggling,
@@ -31,8 +31,8 @@ from fedsim.scenario import (
     ScenarioError,
     Uniform,
 )
-from fedsim.seeding import rng
-from fedsim.stragglers import sample_bursty_pattern
+from fedsim.core.seeding import rng
+from fedsim.engine.stragglers import sample_bursty_pattern
 
 
 def tier_counts(shares: list[float], n: int) -> list[int]:

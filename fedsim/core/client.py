@@ -2,21 +2,47 @@
 
 Strategies' client halves import their helpers from here (never from
 `fedsim.apps`, which imports the strategies to register their actions).
+Which task a run trains is known only to the composition root: the app that
+serves the client halves installs a `TaskSource` (`use_task_source`), and
+`client_task` asks it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedsim.grid import WORK_KEY
-from fedsim.tasks import Task, task_from_run_config
-from fedsim.training import TrainConfig, local_sgd, model_to_arrays
+from fedsim.core.codec import model_to_arrays
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.task import Task
+from fedsim.core.training import TrainConfig, local_sgd
+
+TaskSource = Callable[[dict[str, Any], int], Task]
+"""(run config, number of partitions) -> the run's task, built once per process."""
+
+_task_source: TaskSource | None = None
+
+
+def use_task_source(source: TaskSource) -> None:
+    """Tell the client halves where a run's task comes from (the app does this on import)."""
+    global _task_source
+    _task_source = source
+
+
+def run_task(run_config: dict[str, Any], num_partitions: int) -> Task | None:
+    """The run's task from the installed source; None where no source is installed."""
+    return None if _task_source is None else _task_source(run_config, num_partitions)
 
 
 def client_task(context: Context) -> tuple[Task, int]:
     """The task and this node's partition id, from the run and node configs."""
     config = context.node_config
-    task = task_from_run_config(context.run_config, int(config["num-partitions"]))
+    task = run_task(context.run_config, int(config["num-partitions"]))
+    if task is None:
+        raise RuntimeError("no task source installed: serve client halves from an app that "
+                           "calls fedsim.core.client.use_task_source (fedsim.apps does)")
     return task, int(config["partition-id"])
 
 

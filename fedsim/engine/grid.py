@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
@@ -30,14 +30,13 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedsim.channel import add_noise, is_lost, payload_nbytes, transfer_time
-from fedsim.devices import DevicePopulation
-from fedsim.pool import Job, JobResult, Pool, error_reply
-from fedsim.scenario import ChannelSpec
-from fedsim.seeding import int_seed, rng
-
-WORK_KEY = "work-samples"
-"""Reply metric: samples the client processed (forward+backward), for compute time."""
+from fedsim.core.clock import RESOLUTION_S, Clock
+from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import ChannelSpec
+from fedsim.core.seeding import int_seed, rng
+from fedsim.engine.channel import add_noise, is_lost, payload_nbytes, transfer_time
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.pool import Job, JobResult, Pool, error_reply
 
 EVAL_COST = 1 / 3
 """Cost of evaluating one sample relative to training on it (forward pass only)."""
@@ -238,6 +237,10 @@ class SimGrid(Grid):
         times = [f.arrival for mid in message_ids if (f := self._in_flight.get(mid))]
         return min(times) if times else None
 
+    def clock(self) -> VirtualClock:
+        """The grid's virtual clock, for strategies that act on time (see `clock_for`)."""
+        return VirtualClock(self)
+
     def advance_to(self, t: float) -> None:
         """Move the virtual clock forward (never backward)."""
         self.now = max(self.now, t)
@@ -281,3 +284,39 @@ def _reported_work(content: RecordDict, message_type: str) -> float:
             scale = EVAL_COST if message_type.startswith("evaluate") else 1.0
             return float(record["num-examples"]) * scale
     return 0.0
+
+
+class VirtualClock(Clock):
+    """The virtual clock of a `SimGrid`: waiting is a jump to the next event."""
+
+    def __init__(self, grid: SimGrid) -> None:
+        self.grid = grid
+
+    def now(self) -> float:
+        return float(self.grid.now)
+
+    def wait_until(self, t: float) -> None:
+        self.grid.advance_to(t)
+
+    def collect_until(self, grid: Grid, message_ids: Sequence[str], t: float) -> list[Message]:
+        self.wait_until(t)
+        replies = self.grid.pull_messages(message_ids)
+        return replies + self._ties(message_ids, t)
+
+    def wait_for_replies(self, grid: Grid, message_ids: Sequence[str],
+                         until: float = math.inf) -> list[Message]:
+        first = self.grid.next_arrival(message_ids)
+        if first is None or first > until + RESOLUTION_S:
+            if math.isfinite(until):
+                self.wait_until(until)
+            return []
+        self.wait_until(first)
+        return self.grid.pull_messages(message_ids) + self._ties(message_ids, first)
+
+    def _ties(self, message_ids: Sequence[str], t: float) -> list[Message]:
+        """Replies arriving within `RESOLUTION_S` after `t` (float rounding of a tie)."""
+        replies: list[Message] = []
+        while (nxt := self.grid.next_arrival(message_ids)) is not None and nxt <= t + RESOLUTION_S:
+            self.grid.advance_to(nxt)
+            replies += self.grid.pull_messages(message_ids)
+        return replies

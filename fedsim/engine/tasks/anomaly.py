@@ -34,9 +34,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedsim.scenario import ScenarioError
-from fedsim.seeding import rng
-from fedsim.tasks import Dataset, Task, TaskParams
+from fedsim.core.schema import ScenarioError
+from fedsim.core.seeding import rng
+from fedsim.core.task import Dataset, Task, TaskParams
 
 DEFAULT_EIGENVALUES = (10.0, 8.0, 3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1)
 

@@ -33,7 +33,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.seeding import rng
+from fedsim.core.seeding import rng
 
 log = logging.getLogger("fedsim")
 
@@ -93,9 +93,11 @@ class ClientWorker:
 
     def share_task_data(self, data: dict[str, Any]) -> None:
         """Give this process's task the data the driver computed (`Task.shared_data`)."""
-        from fedsim.tasks import task_from_run_config
+        from fedsim.core.client import run_task  # installed by the ClientApp's module
 
-        task_from_run_config(self.spec.run_config, self.spec.num_partitions).use_shared_data(data)
+        task = run_task(self.spec.run_config, self.spec.num_partitions)
+        if task is not None:  # an app that serves no fedsim task has nothing to share
+            task.use_shared_data(data)
 
     def context(self, node_id: int, partition_id: int) -> Context:
         if node_id not in self.contexts:
@@ -114,7 +116,7 @@ class ClientWorker:
     def run(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
         import torch
 
-        from fedsim.channel import add_noise
+        from fedsim.engine.channel import add_noise
 
         results = []
         for job in jobs:

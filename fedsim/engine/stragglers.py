@@ -1,6 +1,6 @@
 """The (B, W, λ)-bursty straggler model (Krishnan, Ebrahimi, Khisti, ICLR 2023).
 
-A property of the device population: `fedsim.devices` draws it for the `bursty`
+A property of the device population: `fedsim.engine.devices` draws it for the `bursty`
 straggling kind, and the sequential-gradient-coding strategies' stopping rule checks it.
 """
 

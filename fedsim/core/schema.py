@@ -1,0 +1,382 @@
+"""The scenario schema: pydantic models of what a run declares, and one-line errors.
+
+A scenario declares everything a run needs: task and data split, the device
+population and its links, the strategy and its hyperparameters, rounds and
+deadline, the execution backend and where results go. This module is data
+only: it knows no registry (the composition root, `fedsim.scenario`, checks
+names against the installed strategies and tasks). Unknown keys are errors
+everywhere, and every error names the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from topologies import TopologySpec
+
+
+class ScenarioError(ValueError):
+    """A scenario problem, reported as one line naming the field and the fix."""
+
+
+MAX_ROUNDS = 10_000_000
+"""Upper bound on rounds: a typo'd exponent fails at once instead of running for ever."""
+MAX_CLIENTS = 1_000_000
+"""Upper bound on clients.count (every device gets its own state and random streams)."""
+
+
+class Spec(BaseModel):
+    """Base of every scenario section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- devices
+
+
+class LogNormal(Spec):
+    """Log-normal values: `median` and `sigma` of the underlying normal."""
+
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0)
+    sigma: float = Field(ge=0)
+
+
+class Uniform(Spec):
+    dist: Literal["uniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+Distribution = Annotated[LogNormal | Uniform, Field(discriminator="dist")]
+
+
+class AlwaysOn(Spec):
+    kind: Literal["always"] = "always"
+
+
+class LabelCorrelation(Spec):
+    """FedAU's heterogeneous, data-correlated participation (Wang & Ji, ICLR 2024).
+
+    One vector m ~ Dir(alpha 1_L) is drawn over the L labels, and device n gets
+    p_n = min(1, max(p_min, L p sum_l q_nl m_l)), where q_n is the label
+    distribution of its training data and p the availability's `p`. Devices
+    holding favoured labels are online more often; the mean stays about p.
+    """
+
+    alpha: float = Field(default=0.1, gt=0, description="Dirichlet concentration of m")
+    p_min: float = Field(default=0.02, gt=0, le=1, description="floor of every p_n")
+
+
+class _PerDeviceP(Spec):
+    """Per-device probabilities in place of the one `p` of a tier."""
+
+    p_per_device: list[float] | None = Field(
+        default=None, description="one p per device of the tier, in partition-id order; "
+        "replaces p")
+    label_correlation: LabelCorrelation | None = Field(
+        default=None, description="p_n from each device's labels; p is their mean")
+
+    @model_validator(mode="after")
+    def _valid_per_device(self) -> _PerDeviceP:
+        if self.p_per_device is not None and self.label_correlation is not None:
+            raise ValueError("give p_per_device or label_correlation, not both")
+        zero_ok = isinstance(self, BernoulliAvailability)  # the chains need p > 0
+        for p in self.p_per_device or ():
+            if not (0 <= p <= 1 and (zero_ok or p > 0)):
+                bound = "in [0, 1]" if zero_ok else "in (0, 1]"
+                raise ValueError(f"p_per_device: every p must be {bound}, got {p}")
+        return self
+
+
+class BernoulliAvailability(_PerDeviceP):
+    """Available in each round independently with probability `p`."""
+
+    kind: Literal["bernoulli"]
+    p: float = Field(ge=0, le=1)
+
+
+class MarkovAvailability(_PerDeviceP):
+    """Two-state on/off chain with stationary on-probability `p` (FedAU's model).
+
+    P(off->on) = q and P(on->off) = q (1/p - 1); both are scaled down together
+    when the latter would exceed 1. The first round's state is Bernoulli(p).
+    """
+
+    kind: Literal["markov"]
+    p: float = Field(gt=0, le=1)
+    q: float = Field(gt=0, le=1)
+
+
+class CyclicAvailability(_PerDeviceP):
+    """On for a = max(1, round(period p)) rounds, then off for max(1, period - a) (FedAU's model).
+
+    Every device starts off, `phase` rounds into its cycle: random per device in
+    [0, off rounds) by default, or the same for all (`phase: 0` puts a device of
+    period r >= 2, p = 1/r online exactly in rounds t = r, 2r, ... counted from 1).
+    """
+
+    kind: Literal["cyclic"]
+    period: int = Field(ge=1)
+    p: float = Field(gt=0, le=1)
+    phase: int | None = Field(default=None, ge=0, description="None: random per device")
+
+
+Availability = Annotated[
+    AlwaysOn | BernoulliAvailability | MarkovAvailability | CyclicAvailability,
+    Field(discriminator="kind"),
+]
+
+
+class NoStraggling(Spec):
+    kind: Literal["none"] = "none"
+
+
+class IidStraggling(Spec):
+    """Each job is slowed by `slowdown` with probability `p`, independently."""
+
+    kind: Literal["iid"]
+    p: float = Field(ge=0, le=1)
+    slowdown: float = Field(ge=1)
+
+
+class GilbertElliottStraggling(Spec):
+    """Bursty slowdowns: a per-device good/bad chain stepped once per round."""
+
+    kind: Literal["gilbert_elliott"]
+    p_enter: float = Field(ge=0, le=1, description="P(good -> bad) per round")
+    p_exit: float = Field(gt=0, le=1, description="P(bad -> good) per round")
+    slowdown: float = Field(ge=1)
+
+
+class BurstyStraggling(Spec):
+    """The (B, W, λ)-bursty model of sequential gradient coding (Krishnan et al., ICLR 2023).
+
+    In every window of W rounds at most λ distinct devices (of this tier) straggle, each in one
+    burst of at most B consecutive rounds. The pattern is drawn once per tier from the seed,
+    round by round (`strategies.sequential_gradient_coding.sample_bursty_pattern`): a device
+    proposes to straggle with `continue_prob` after a straggling round, else `start_prob`, and
+    the proposal is kept only if the pattern still conforms. Every job of a straggling device in
+    that round is slowed by `slowdown`.
+    """
+
+    kind: Literal["bursty"]
+    B: int = Field(ge=1, description="longest burst, in rounds")
+    W: int = Field(ge=1, description="window length, in rounds")
+    lam: int = Field(ge=0, description="most distinct stragglers in any window of W rounds")
+    slowdown: float = Field(ge=1)
+    start_prob: float = Field(default=0.2, ge=0, le=1)
+    continue_prob: float = Field(default=0.8, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _burst_fits_window(self) -> BurstyStraggling:
+        if self.B > self.W:
+            raise ValueError(f"B ({self.B}) must be <= W ({self.W})")
+        return self
+
+
+Straggling = Annotated[
+    NoStraggling | IidStraggling | GilbertElliottStraggling | BurstyStraggling,
+    Field(discriminator="kind"),
+]
+
+
+class LinkSpec(Spec):
+    """One direction of a link. `bandwidth_mbps: null` means unlimited."""
+
+    bandwidth_mbps: float | None = Field(default=None, gt=0)
+    latency_s: float = Field(default=0.0, ge=0)
+    noise_sigma: float = Field(default=0.0, ge=0, description="std of additive Gaussian noise")
+    erasure_p: float = Field(default=0.0, ge=0, le=1, description="probability a message is lost")
+
+
+class ChannelSpec(Spec):
+    uplink: LinkSpec = LinkSpec()
+    downlink: LinkSpec = LinkSpec()
+
+
+class DeviceTier(Spec):
+    """A kind of device and the share of the population that has it."""
+
+    name: str = "device"
+    share: float = Field(default=1.0, gt=0)
+    speed: float | Distribution = Field(default=1000.0, description="samples per second")
+    availability: Availability = AlwaysOn()
+    straggling: Straggling = NoStraggling()
+    dropout_p: float = Field(default=0.0, ge=0, le=1, description="P(job abandoned midway)")
+    uplink: LinkSpec | None = None
+    downlink: LinkSpec | None = None
+
+    @model_validator(mode="after")
+    def _positive_speed(self) -> DeviceTier:
+        if isinstance(self.speed, int | float) and self.speed <= 0:
+            raise ValueError(f"speed must be > 0 samples/s, got {self.speed}")
+        return self
+
+
+class ClientsSpec(Spec):
+    count: int = Field(ge=1, le=MAX_CLIENTS)
+    devices: list[DeviceTier] = Field(default_factory=lambda: [DeviceTier()], min_length=1)
+
+
+# ---------------------------------------------------------------- task, training
+
+
+class PartitionSpec(Spec):
+    """How the training set is split over clients.
+
+    `dirichlet` is flwr-datasets' DirichletPartitioner: for each label, the
+    shares of the clients are drawn from Dir(alpha) (sizes differ per client).
+    """
+
+    kind: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = Field(default=0.5, gt=0)
+    shards_per_client: int = Field(default=2, ge=1)
+    min_partition_size: int = Field(default=2, ge=0)
+
+
+class TaskSpec(Spec):
+    name: str = "digits"
+    model: str | None = None
+    partition: PartitionSpec = PartitionSpec()
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSpec(Spec):
+    """Local training hyperparameters sent to clients in every train message."""
+
+    lr: float = Field(default=0.05, gt=0)
+    local_epochs: int = Field(default=1, ge=0, le=100_000)
+    local_steps: int = Field(default=0, ge=0, le=100_000_000,
+                             description="if > 0, overrides local_epochs")
+    batch_size: int = Field(default=32, ge=1)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class StrategySpec(Spec):
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackendSpec(Spec):
+    kind: Literal["ray", "inline"] = "ray"
+    num_actors: int | None = Field(default=None, ge=1, le=100_000,
+                                   description="default: one per CPU")
+    address: str | None = Field(default=None, description="join this Ray cluster")
+    actor_cpus: float = Field(default=1.0, gt=0)
+
+
+class EvaluationSpec(Spec):
+    centralized_every: int = Field(default=1, ge=0, description="0 = never")
+    federated_every: int = Field(
+        default=1, ge=0, description="federated evaluation every k rounds (0 = never); how many "
+                                     "nodes evaluate is the strategy's fraction_evaluate")
+
+
+class OutputSpec(Spec):
+    dir: Path = Path("runs")
+    plots: bool = True
+
+
+class CheckpointSpec(Spec):
+    """Save what resuming needs every `every` rounds (0 = never); `fedsim run --resume DIR`."""
+
+    every: int = Field(default=0, ge=0, le=MAX_ROUNDS, description="rounds between checkpoints")
+
+
+class Scenario(Spec):
+    name: str = Field(min_length=1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    rounds: int = Field(ge=1, le=MAX_ROUNDS)
+    deadline_s: float | None = Field(default=None, gt=0, description="virtual seconds per round")
+    task: TaskSpec = TaskSpec()
+    training: TrainingSpec = TrainingSpec()
+    clients: ClientsSpec
+    channel: ChannelSpec = ChannelSpec()
+    strategy: StrategySpec = StrategySpec()
+    backend: BackendSpec = BackendSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec = OutputSpec()
+    topology: TopologySpec | None = Field(default=None, description="for decentralized strategies")
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+
+def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
+    return scenario.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
+    """Field names allowed at `loc` (pydantic's error location), best effort."""
+    node: Any = model
+    for part in loc:
+        node = _descend(node, part)
+        if node is None:
+            return None
+    node = _unwrap(node, None)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return None
+
+
+def _unwrap(tp: Any, tag: int | str | None) -> Any:
+    """Strip Annotated/Optional; pick the union member whose discriminator is `tag`."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    args = typing.get_args(tp)
+    if args and typing.get_origin(tp) in (typing.Union, types.UnionType):
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        for member in models:
+            for field in member.model_fields.values():
+                literal = typing.get_args(field.annotation)
+                if typing.get_origin(field.annotation) is Literal and tag in literal:
+                    return member
+        return models[0] if len(models) == 1 else None
+    return tp
+
+
+def _descend(node: Any, part: int | str) -> Any:
+    node = _unwrap(node, part)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        if isinstance(part, str) and part in node.model_fields:
+            return node.model_fields[part].annotation
+        return node  # a discriminator tag in the location: stay on the member
+    origin = typing.get_origin(node)
+    if origin in (list, dict) and typing.get_args(node):
+        return typing.get_args(node)[-1]
+    return None
+
+
+def describe_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line for a pydantic error: field path, what is wrong, what is allowed."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(err["loc"])
+    path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        line = f"{path}: unknown key{hint}"
+    elif err["type"] == "missing":
+        line = f"{path}: required field is missing"
+    else:
+        got = err.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+        line = f"{path}: {err['msg']}{shown}"
+    if len(errors) > 1:
+        line += f" [and {len(errors) - 1} more problem(s)]"
+    return line
