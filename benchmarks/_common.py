@@ -198,7 +198,7 @@ def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any,
 
         import torch
 
-        from fedsim.runner import train_config
+        from fedsim.core.training import TrainConfig
         from fedsim.scenario import parse_scenario
 
         parsed = parse_scenario(scenario)
@@ -215,7 +215,7 @@ def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any,
                           fraction_evaluate=0.0,
                           min_train_nodes=params.get("min_train_nodes", 2))
         result = strategy.start(grid, arrays, num_rounds=parsed.rounds, evaluate_fn=stamp,
-                                train_config=train_config(parsed))
+                                train_config=TrainConfig.from_spec(parsed.training).to_record())
         last = result.train_metrics_clientapp.get(parsed.rounds)
         Path(stamp_file + ".loss").write_text(str(last["train_loss"]) if last else "nan")
 

@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
 
 from fedsim import checkpoint as ckpt
-from fedsim.core.codec import arrays_to_model, flatten, model_to_arrays
+from fedsim.core.codec import arrays_to_model, flatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.schema import Scenario, ScenarioError, scenario_to_dict
 from fedsim.core.seeding import int_seed
@@ -62,15 +62,6 @@ class RunResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     arrays: ArrayRecord | None = None
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def train_config(scenario: Scenario) -> ConfigRecord:
-    return TrainConfig.from_spec(scenario.training).to_record()
-
-
-def initial_arrays(task: Task, seed: int) -> ArrayRecord:
-    torch.manual_seed(int_seed(seed, "initial-model"))
-    return model_to_arrays(task.make_model())
 
 
 def run_config(scenario: Scenario) -> dict[str, Any]:
@@ -131,7 +122,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Call
             f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
             "without a resume path (`resumes_own_loop`); set checkpoint.every: 0")
     recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks, checkpointer)
-    arrays, num_rounds = initial_arrays(task, scenario.seed), scenario.rounds
+    arrays, num_rounds = task.initial_arrays(), scenario.rounds
     if resume_from is not None:
         arrays = _restore(resume_from, scenario, grid, strategy, recorder, callbacks)
         if type(strategy).start is Strategy.start:  # Flower's loop counts rounds from 1
@@ -144,7 +135,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Call
         result = strategy.start(
             grid, arrays, num_rounds=num_rounds,
             timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
-            train_config=train_config(scenario),
+            train_config=TrainConfig.from_spec(scenario.training).to_record(),
             evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
         final = result.arrays if result.arrays is not None else arrays
     else:

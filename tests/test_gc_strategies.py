@@ -18,7 +18,7 @@ from fedsim.core.schema import ClientsSpec
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.stragglers import conforms
 from fedsim.engine.tasks import make_task
-from fedsim.runner import RunResult, initial_arrays, simulate
+from fedsim.runner import RunResult, simulate
 from fedsim.scenario import load_scenario
 from strategies.sequential_gradient_coding import (
     m_sgc_delay,
@@ -48,7 +48,7 @@ def _gd_reference(s, steps: int, delay: int = 0) -> list[np.ndarray]:
     task = make_task(s)
     data = task.test_data(None)
     A, b = data.x.numpy(), data.y.numpy()
-    xs = [flatten(initial_arrays(task, s.seed))]
+    xs = [flatten(task.initial_arrays())]
     grads = []
     for t in range(steps):
         grads.append(A.T @ (A @ xs[t] - b) / len(b))

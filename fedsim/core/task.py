@@ -67,6 +67,14 @@ class Task(ABC):
     def make_model(self) -> torch.nn.Module:
         """A freshly initialised model (the caller seeds torch)."""
 
+    def initial_arrays(self) -> ArrayRecord:
+        """The global model every run of this task and seed starts from."""
+        from fedsim.core.codec import model_to_arrays
+        from fedsim.core.seeding import int_seed
+
+        torch.manual_seed(int_seed(self.seed, "initial-model"))
+        return model_to_arrays(self.make_model())
+
     def model_with(self, arrays: ArrayRecord) -> torch.nn.Module:
         """This task's model holding `arrays`: one module per task instance, reused.
 
