@@ -1,9 +1,13 @@
 """Consensus ADMM federated learning over noisy links with random client scheduling.
 
 Lari, Arablouei, Gogineni, Werner, "Noise-robust and resource-efficient ADMM-based federated
-learning", arXiv 2409.13451 (earlier: IEEE SSP 2023, APSIPA ASC 2023). Specification:
-``shared/algorithms/part-b.md`` §1. Task: weighted least squares (``wls``), client k with
-R_k = X_kᵀW_kX_k, r_k = X_kᵀW_ky_k, J_k(v) = ‖y_k − X_k v‖²_{W_k}, N_k = (2R_k + ρI)⁻¹.
+learning", arXiv 2409.13451, 2024 (earlier parts: IEEE SSP 2023, APSIPA ASC 2023). No
+official code was found, and only the paper's abstract and introduction could be read: the
+baseline below is standard consensus ADMM (its update order agrees with a third-party summary
+of the paper's baseline); the paper's own "proposed" recursion is not implemented. Task:
+weighted least squares (``wls``), client k with R_k = X_kᵀW_kX_k, r_k = X_kᵀW_ky_k,
+J_k(v) = ‖y_k − X_k v‖²_{W_k} (no ½, so N_k = (2R_k + ρI)⁻¹; a paper that writes ½J_k has
+(R_k + ρI)⁻¹ instead, which only rescales ρ).
 
 Each round the server schedules every client independently with probability p. The downlink
 message is exactly the vector the client uses and the uplink message exactly the vector the
@@ -16,8 +20,8 @@ contribution s_k, all 0 at the start)::
                      send s_k = w_k + z_k/ρ                    (server gets s_k + ν)
     server:          w ← (1/K) Σ_{k=1..K} s_k                  (unscheduled k: stored s_k)
 
-``server_rule="sampled"`` averages only the replies of S_n; with p < 1 it diverges (the spec's
-check, and ours), so it is offered only as an experiment.
+``server_rule="sampled"`` averages only the replies of S_n; with p < 1 it diverges (in an
+independent numpy simulation and in ``tests/test_admm.py``), so it is only an experiment.
 
 **Dual-free form** (`DualFreeADMM`; client state w_k; server state w, w_prev, stored w_k).
 Eliminating z_k with the previous local solve's optimality condition (no noise, p = 1) gives
@@ -41,11 +45,11 @@ are clean, and which the prox first round sets to 0. So:
   consensus point with Σ_k ∇J_k(w) ≠ 0, i.e. a **biased** limit (an MSD floor, not w*).
 - noisy links: every noise sample moves G and nothing pulls it back, so G performs a
   random walk and the MSD floor **rises slowly** with the rounds (about −47 dB near round
-  2000 to −31 dB near round 40000 with σ = 0.01 in the spec's setup), whereas baseline ADMM,
+  2000 to −31 dB near round 40000 with σ = 0.01 on the ``wls`` task), whereas baseline ADMM,
   whose server average keeps the Σz_k/ρ correction, stays at about −46 dB.
 
-This is the spec's derivation, not the paper's "proposed" recursion (which could not be
-read, including its rule for unscheduled clients that keep updating); it is not shipped
+This is an algebraic rewrite of ADMM, not the paper's "proposed" recursion (which could not
+be read, including its rule for unscheduled clients that keep updating); it is not shipped
 as that algorithm.
 """
 
@@ -134,7 +138,8 @@ class ADMM(FedAvg):
     seed : int
         Seeds the scheduling draws.
     rho : float, default 1.0
-        ADMM penalty ρ (> 0). Spec: ρ ∈ {0.1, 1, 10} all converge; 1 is the test default.
+        ADMM penalty ρ (> 0); not readable from the paper. ρ ∈ {0.1, 1, 10} all converge
+        (p = 1, clean links); 1 is the test default.
     participation : float, default 1.0
         p, the probability that a client is scheduled in a round (independently per client).
     server_rule : "stored" | "sampled", default "stored"
@@ -204,7 +209,7 @@ class ADMM(FedAvg):
 
 
 class DualFreeADMM(ADMM):
-    """Dual-free rewrite of consensus ADMM (spec §1 derivation; see the module docstring).
+    """Dual-free rewrite of consensus ADMM (z_k eliminated; see the module docstring).
 
     Same parameters as `ADMM`. The server broadcasts v_n = 2w_n − w_{n−1}; clients keep only
     w_k. Equals ADMM for p = 1 on clean links; biased for p < 1; drifts under link noise.

@@ -5,7 +5,8 @@ parameters) and a seeded ``numpy.random.Generator`` to a `Compressed` message. I
 function of ``(v, rng)``: error feedback (EF14, EF21, EControl) keeps its memory outside, in the
 node's state, and wraps these operators.
 
-Two constants describe a compressor C on vectors of d coordinates (``docs: part-b.md`` §4, §5):
+Two constants describe a compressor C on vectors of d coordinates (as in the EF21 and EControl
+papers):
 
 - contraction ``alpha(d)`` = α ∈ [0, 1] with E‖C(v) − v‖² ≤ (1 − α)‖v‖² for every v (EControl
   writes δ). Error-feedback step sizes are functions of α;
@@ -431,7 +432,8 @@ class Sign:
 class ScaledUnbiased:
     """Q/(1 + ω) for an unbiased Q: contractive with α = 1/(1 + ω).
 
-    This is how EF21 uses unbiased compressors (part-b.md §4(b)). E‖λQ(v) − v‖² =
+    This is how EF21 uses unbiased compressors (so does the EF21 authors' framework,
+    ``burlachenkok/ef21_with_rare_features``). E‖λQ(v) − v‖² =
     (λ²(1 + ω) − 2λ + 1)‖v‖² is smallest at λ = 1/(1 + ω), where it equals
     (1 − 1/(1 + ω))‖v‖². Scaled Rand-K becomes unscaled Rand-K.
     """

@@ -2,7 +2,7 @@
 
 EF14: Seide et al., "1-bit SGD", Interspeech 2014; Stich, Cordonnier, Jaggi, "Sparsified SGD
 with Memory", NeurIPS 2018; the baseline of the EF21 paper (``tkef_distributed_stable.py`` in
-``IgorSokoloff/ef21_experiments_source_code``). Specification: ``part-b.md`` §4(b).
+``IgorSokoloff/ef21_experiments_source_code``, whose update this follows).
 
     client i:  v_i = C(e_i + u_i);   e_i ← e_i + u_i − v_i   (e_i⁰ = 0; every message compressed)
     server:    x ← x − Σ_i a_i v_i
@@ -35,7 +35,7 @@ class EF14(CompressedGradientStrategy):
     Parameters, besides `CompressedGradientStrategy`'s:
     error_feedback : bool, default True
         False gives naive compressed gradient descent, x ← x − (1/n) Σ C(γ ∇f_i(x)).
-    The step γ (theory rule: EF21's, as in the spec's comparison "EF14 at the same γ") is
+    The step γ (theory rule: EF21's, so that EF14 and EF21 are compared at the same γ) is
     applied client-side, before compression.
     """
 

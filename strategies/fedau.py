@@ -2,7 +2,9 @@
 
 Shiqiang Wang and Mingyue Ji, "A Lightweight Method for Tackling Unknown
 Participation Statistics in Federated Averaging", ICLR 2024 (arXiv 2306.03401);
-official code github.com/IBM/fedau. Spec: /work/shared/algorithms/part-a.md, section 4.
+official code ``IBM/fedau`` (``main.py``, ``util/util.py``), which settles the details the
+paper leaves open: omega_n is the mean of all recorded intervals (no window), 1 before the
+first, and this round's interval is recorded only after aggregation.
 
 Under FedAvg, a client that participates with probability p_n pulls the model
 towards the optimum of sum_n p_n omega_n F_n, not of (1/N) sum_n F_n. FedAU

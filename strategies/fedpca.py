@@ -2,8 +2,9 @@
 
 Nguyen, Le, Nguyen, Bao, Seneviratne, Hong, Tran, "Federated PCA on Grassmann Manifold for IoT
 Anomaly Detection", IEEE/ACM ToN 2024 (arXiv 2407.07421). Official code:
-``dual-grp/FedPCA_AnomalyDetection`` (= ``longtanle/FedPCA_ToN``). Specification:
-``shared/algorithms/part-b.md`` §2. Task: ``anomaly`` (``task.local_problem(i)`` = X_i, d × n_i).
+``dual-grp/FedPCA_AnomalyDetection`` (the same code as ``longtanle/FedPCA_ToN``); earlier
+version at INFOCOM 2023 (arXiv 2212.12121). Task: ``anomaly`` (``task.local_problem(i)`` = X_i,
+d × n_i).
 
 Client i minimises f_i(U) = (1/n_i)‖X_i − UUᵀX_i‖_F² with the consensus constraint U_i = Z::
 
@@ -20,7 +21,7 @@ Client i minimises f_i(U) = (1/n_i)‖X_i − UUᵀX_i‖_F² with the consensus
         send U_i + Y_i/ρ   ("textbook"; "simplified" sends U_i, as the official code does)
     server: Z ← Σ_{i∈S} n_i/Σ_{j∈S}n_j · (what i sent)
 
-Deviations from the official code, as the spec recommends: the dual term is the Frobenius
+Deviations from the official code (we keep the paper's ADMM): the dual term is the Frobenius
 product (the code's ``torch.inner`` sum gives a rank-one gradient); Z starts orthonormal (the
 model's init) and Y_i, T_i at 0; the new Z goes to the *current* sample; the QR sign fix is
 always applied (without it column signs flip between clients and consensus breaks). Z is not
@@ -117,7 +118,7 @@ def train_fedpca(message: Message, context: Context) -> Message:
 class FedPCA(FedAvg):
     """Federated PCA by consensus ADMM (Nguyen et al., IEEE/ACM ToN 2024); see module docstring.
 
-    Parameters (keyword; defaults: the official code's argparse defaults, spec §2 (c)):
+    Parameters (keyword; defaults: the official code's argparse defaults):
 
     num_nodes : int
         M, the number of clients.

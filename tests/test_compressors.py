@@ -1,4 +1,4 @@
-"""Properties of the compressors in `strategies.compressors` (part-b.md §4, §5).
+"""Properties of the compressors in `strategies.compressors` (α and ω as in EF21 and EControl).
 
 Statistical checks compare a Monte-Carlo mean with its expectation. They allow 5 standard errors,
 and the standard error comes from the exact variance of the compressor. A seeded draw then fails

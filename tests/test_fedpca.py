@@ -1,4 +1,4 @@
-"""FedPG / FedPE on the spec's synthetic subspace problem (part-b.md §2 (f)).
+"""FedPG / FedPE (Nguyen et al., IEEE/ACM ToN 2024) on a synthetic subspace problem.
 
 d = 10, k = 2, M = 20 clients × 200 samples, shared eigenbasis, per-client spectra
 (10, 8, 3, 2, 1, .5, .4, .3, .2, .1) × U(0.5, 1.5); R = 20, lr = 0.02, ρ = 1.

@@ -1,4 +1,7 @@
-"""Subspace anomaly detection on IoT-like traffic: the FedPCA task (part-b.md §2).
+"""Subspace anomaly detection on IoT-like traffic: the FedPCA task.
+
+Nguyen et al., "Federated PCA on Grassmann Manifold for IoT Anomaly Detection", IEEE/ACM ToN
+2024 (arXiv 2407.07421); official code ``dual-grp/FedPCA_AnomalyDetection``.
 
 Each client holds **normal** traffic only, as X_i ∈ R^{d×n_i} (columns are samples), and
 the federation learns a k-dimensional principal subspace Z. A test sample x is scored by its
@@ -9,10 +12,10 @@ the projection distance ‖P_Z − P*‖₂ to the centralised top-k subspace of
 
 Sources (``task.params.source``):
 
-- ``synthetic`` (default; the spec's sanity-check problem): d = 10, shared random eigenbasis,
-  client i's covariance has eigenvalues ``eigenvalues`` × U(0.5, 1.5) each; the test set is
-  normal samples plus anomalies = normal samples + an out-of-subspace component of norm
-  ``anomaly_norm`` (orthogonal to the top-k eigenvectors).
+- ``synthetic`` (default; a small problem with a known answer, not from the paper): d = 10,
+  shared random eigenbasis, client i's covariance has eigenvalues ``eigenvalues`` ×
+  U(0.5, 1.5) each; the test set is normal samples plus anomalies = normal samples + an
+  out-of-subspace component of norm ``anomaly_norm`` (orthogonal to the top-k eigenvectors).
 - ``unsw_nb15`` / ``ton_iot``: the public CSVs at ``path`` (users download them; nothing is
   fetched). Numeric feature columns are kept (identifiers, addresses, free text and the label
   columns are dropped, categorical strings are dropped). Following the official code

@@ -2,16 +2,19 @@
 
 The model is the parameter vector x itself (float64). Client i owns f_i(x), the mean loss over
 its shard, and the objective is f(x) = (1/n) Σ_i f_i(x), as in the EF21 experiments
-(``part-b.md`` §4(c)). Each task knows its smoothness constants L_i and L, so error-feedback
-strategies can use the theory step sizes, and its central evaluation reports the objective and
-‖∇f(x)‖² exactly: the server's "test set" is the pooled training data weighted 1/(n m_i) per
-sample, so its weighted mean loss is f.
+(Richtárik, Sokolov, Fatkhullin, NeurIPS 2021, arXiv 2106.05203; code
+``IgorSokoloff/ef21_experiments_source_code``, whose regulariser, L_i bound and x⁰ we use).
+Each task knows its smoothness constants L_i and L, so error-feedback strategies can use the
+theory step sizes, and its central evaluation reports the objective and ‖∇f(x)‖² exactly:
+the server's "test set" is the pooled training data weighted 1/(n m_i) per sample, so its
+weighted mean loss is f.
 
 - ``logreg``: f_i(x) = (1/m_i) Σ_j log(1 + exp(−b_j a_jᵀx)) + λ Σ_k x_k²/(1 + x_k²), λ = 0.1,
   L_i = λ_max(A_iᵀA_i/(4 m_i)) + 2λ. Data: scikit-learn's breast_cancer or digits (digit < 5
   vs ≥ 5), features standardised, or a LIBSVM file (a9a, w8a...) by path. x⁰ ~ N(0, I).
 - ``least_squares``: f_i(x) = 1/(2 m_i) ‖A_i x − b_i‖², A_i with client-specific scales (the
-  heterogeneous-L_i problem of §4(f)/§5(f)), L_i = λ_max(A_iᵀA_i/m_i). Reports ‖x − x*‖².
+  heterogeneous-L_i problem on which EF21, EF21-W and EControl are checked),
+  L_i = λ_max(A_iᵀA_i/m_i). Reports ‖x − x*‖².
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quadratic clients, F_i(x) = a_i/2 ||x - c_i||^2: the algorithms' sanity-check task.
 
-Every spec check on scalar problems (FedFix's fixed points, FedAU's weights,
+Every sanity check on scalar problems (FedFix's fixed points, FedAU's weights,
 FedSpeed's optimum, gossip consensus...) runs through the real strategy
 classes on the simulator with this task. Gradients are exact (one "sample"
 per client), so local SGD is gradient descent and results are deterministic.

@@ -1,12 +1,14 @@
-"""Weighted least squares over K clients: the noise-robust ADMM task (part-b.md §1).
+"""Weighted least squares over K clients: the noise-robust ADMM task.
+
+Lari, Arablouei, Gogineni, Werner, arXiv 2409.13451 (see `strategies.admm`).
 
 Client k holds X_k (N_k × L), y_k and positive sample weights W_k = diag(ω_k). The
 global problem min_w Σ_k ‖y_k − X_k w‖²_{W_k} has the closed form
 
     w* = (Σ_k R_k)⁻¹ Σ_k r_k,   R_k = X_kᵀ W_k X_k,  r_k = X_kᵀ W_k y_k,
 
-so a run's error is the MSD in dB, 10 log10(‖w − w*‖² / ‖w*‖²). Data follow the spec's
-suggested setup (its authors' choice, not the paper's, which could not be read): X_k entries
+so a run's error is the MSD in dB, 10 log10(‖w − w*‖² / ‖w*‖²). The data are our
+choice, not the paper's (its sizes and noise levels could not be read): X_k entries
 N(0, s_k²) with s_k ~ U(0.5, 1.5), ω ~ U(0.5, 1.5), y = X w° + N(0, noise_var).
 Algorithms that solve locally in closed form get (R_k, r_k) from `local_problem`.
 """
