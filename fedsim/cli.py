@@ -1,4 +1,13 @@
-"""The `fedsim` command line: run, validate, list strategies.
+"""The `fedsim` command line.
+
+- ``run``: run a scenario and write its run directory; ``--resume DIR`` continues a run
+  from its last checkpoint.
+- ``validate``: check scenario files without running them.
+- ``strategies``: list the strategies a scenario can name.
+- ``topology show``: a scenario's graph: degree stats, spectral gap, a PNG.
+- ``sweep``: run every (point, seed) of a sweep file; finished runs are skipped.
+- ``report``: compare run or sweep directories over seeds.
+- ``deploy``: print the commands that run a scenario on real devices with Flower.
 
 Bad input (a wrong key, a negative rate, an unknown strategy, a missing file)
 is reported as one line naming the field and the fix, with exit code 2.
