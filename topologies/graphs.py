@@ -3,13 +3,13 @@
 Every builder returns an undirected ``networkx.Graph`` on nodes ``0..m-1`` without
 self-loops, so that node ``i`` is client ``i`` and row ``i`` of the mixing matrix.
 Gossip averaging only reaches consensus on a connected graph, so the random builders
-re-draw until connected and :func:`build_graph` rejects anything else
-(DFedSAM spec, part A §5(b), "The mixing matrix W"; sanity check (f) 5).
+re-draw until connected and :func:`build_graph` rejects anything else (DFedSAM's
+assumption on W: Shi et al., ICML 2023, arXiv 2302.04083).
 
 Randomness: networkx's random builders draw from Python's ``random.Random``. Seeding
 it with the integer seed makes ``random_regular(m, d, seed=0)`` the same graph as
-``nx.random_regular_graph(d, m, seed=0)``, which is how the spec's reference spectral
-numbers were computed. Per-round draws use a seed mixed from ``(seed, round)`` by
+``nx.random_regular_graph(d, m, seed=0)``, which is how the reference spectral
+numbers in the tests were computed. Per-round draws use a seed mixed from ``(seed, round)`` by
 ``numpy.random.SeedSequence``.
 """
 

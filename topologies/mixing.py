@@ -1,6 +1,8 @@
-"""Gossip (mixing) matrices, their spectral gap, and gossip itself.
+"""Gossip (mixing) matrices, their spectral gap, and gossip itself (`mix_step`, the one
+implementation: the simulator's links play their exchanges through it).
 
-DFedSAM (part A §5(b)) needs W symmetric and doubly stochastic with w_ij > 0 only on
+DFedSAM (Shi et al., "Improving the Model Consistency of Decentralized Federated Learning",
+ICML 2023, arXiv 2302.04083) needs W symmetric and doubly stochastic with w_ij > 0 only on
 edges and the diagonal: then one gossip step X ← W X keeps the network average
 exactly, and the disagreement shrinks at least by λ = max(|λ_2(W)|, |λ_m(W)|) per step,
 so Q steps (DFedSAM-MGS) act like one step of W^Q with gap 1 − λ^Q.
@@ -17,6 +19,7 @@ import numpy as np
 from topologies.graphs import TopologyError
 
 MixingKind = Literal["metropolis_hastings", "max_degree"]
+OnMissing = Literal["renormalize", "self_weight"]
 
 
 def _adjacency(G: nx.Graph) -> np.ndarray:
@@ -66,7 +69,7 @@ def mixing_matrix(G: nx.Graph, kind: MixingKind = "metropolis_hastings") -> np.n
 
 def check_mixing_matrix(W: np.ndarray, atol: float = 1e-10) -> None:
     """Reject a W that would not keep the network average: not square, symmetric,
-    non-negative and doubly stochastic (part A §5(f) 5)."""
+    non-negative and doubly stochastic (DFedSAM's assumption on W)."""
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise TopologyError(f"mixing matrix must be square, got shape {W.shape}")
     if W.min(initial=0.0) < -atol:
@@ -99,18 +102,95 @@ def spectral_gap(W: np.ndarray) -> float:
 
 
 def gossip(X: np.ndarray, W: np.ndarray, steps: int) -> np.ndarray:
-    """`steps` synchronous gossip steps X ← W X (rows of X are node vectors).
-
-    Repeated multiplication rather than W^steps, as the nodes would do it.
+    """`steps` synchronous gossip steps X ← W X (rows of X are node vectors), every
+    exchange arriving: `mix_step` repeated, as the nodes would do it.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if X.shape[0] != W.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but W is {W.shape[0]} x {W.shape[1]}")
-    mixed = np.array(X, dtype=float)
+    mixed = np.array(X, dtype=float).reshape(X.shape[0], -1)  # one row per node
+    everything = np.ones(W.shape, dtype=bool)
     for _ in range(steps):
-        mixed = W @ mixed
+        mixed = mix_step(mixed, W, everything)
+    return mixed.reshape(X.shape)
+
+
+def mix_step(
+    X: np.ndarray,
+    W: np.ndarray,
+    received: np.ndarray,
+    on_missing: OnMissing = "renormalize",
+    noise: dict[tuple[int, int], np.ndarray] | None = None,
+) -> np.ndarray:
+    """One synchronous gossip step with per-exchange arrival and noise.
+
+    `received[i, j]` says whether node j's vector reached node i (the diagonal is
+    ignored: a node always has its own). `noise[(j, i)]` is added to what i received
+    from j. Each node sums its closed neighbourhood in increasing node order, so that
+    rows with the same weights give bit-identical results (complete graph: exact
+    consensus). Computed in float64 and vectorised over nodes: pass k adds every
+    node's k-th term at once, so each row gets the operations, in the order, that a
+    loop over its neighbours would do (same bits).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    num_nodes = W.shape[0]
+    rows, cols = np.nonzero(W)  # row-major: each row's neighbours in increasing order
+    own = rows == cols
+    take = own | np.asarray(received, dtype=bool)[rows, cols]
+    missing = np.zeros(num_nodes, dtype=bool)
+    missing[rows[~take]] = True
+    arrived = np.zeros(num_nodes, dtype=bool)  # some neighbour's vector reached the node
+    arrived[rows[take & ~own]] = True
+    rows, cols = rows[take], cols[take]
+    weights = W[rows, cols].astype(np.float64)
+    slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # term's place in its row's sum
+    noisy = _noise_by_slot(noise, rows, cols, slot)
+    # The sums are made in `mixed` itself, with one scratch array: for a small model
+    # the page faults of fresh m x d arrays cost more than the arithmetic.
+    mixed, term = np.empty_like(X), np.empty_like(X)
+    partial: np.ndarray | None = None
+    weight_sum = np.zeros(num_nodes)
+    for k in range(int(slot.max()) + 1 if slot.size else 0):
+        in_slot = np.flatnonzero(slot == k)
+        r, w = rows[in_slot], weights[in_slot]
+        value = term[:r.size]
+        np.take(X, cols[in_slot], axis=0, out=value)
+        for e, draw in noisy.get(k, ()):
+            n = int(np.searchsorted(in_slot, e))
+            value[n] = value[n] + draw
+        np.multiply(value, w[:, None], out=value)
+        if k == 0:
+            mixed[r] = value  # a row's sum starts at its first term
+        elif r.size == num_nodes:  # every row has a k-th term: r is 0..m-1
+            np.add(mixed, value, out=mixed)
+        else:
+            partial = np.empty_like(X) if partial is None else partial
+            np.take(mixed, r, axis=0, out=partial[:r.size])
+            mixed[r] = np.add(partial[:r.size], value, out=partial[:r.size])
+        weight_sum[r] = weight_sum[r] + w
+    patch = np.flatnonzero(arrived & missing)
+    if on_missing == "renormalize":
+        mixed[patch] = mixed[patch] / weight_sum[patch, None]
+    else:
+        mixed[patch] = mixed[patch] + (1.0 - weight_sum[patch])[:, None] * X[patch]
+    np.copyto(mixed, X, where=~arrived[:, None])  # nothing reached them: kept exactly
     return mixed
+
+
+def _noise_by_slot(noise: dict[tuple[int, int], np.ndarray] | None, rows: np.ndarray,
+                   cols: np.ndarray, slot: np.ndarray
+                   ) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """`noise[(j, i)]` of the summed terms, as slot -> [(term index, draw)]."""
+    if not noise:
+        return {}
+    term_of = {(int(j), int(i)): e for e, (i, j) in enumerate(zip(rows, cols, strict=True))}
+    by_slot: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for key, draw in noise.items():
+        e = term_of.get((int(key[0]), int(key[1])))
+        if e is not None:
+            by_slot.setdefault(int(slot[e]), []).append((e, draw))
+    return by_slot
 
 
 def consensus_distance(X: np.ndarray) -> float:

@@ -237,6 +237,14 @@ class SimGrid(Grid):
         times = [f.arrival for mid in message_ids if (f := self._in_flight.get(mid))]
         return min(times) if times else None
 
+    def record_exchanges(self, duration: float, bytes_by_node: dict[int, tuple[int, int]]
+                         ) -> None:
+        """Node-to-node exchanges (gossip) took `duration` virtual seconds and moved
+        `bytes_by_node` (node -> (up, down)); counted in the round's stats."""
+        for node, (up, down) in bytes_by_node.items():
+            self.stats.count_bytes(node, up=up, down=down)
+        self.advance_to(self.now + duration)
+
     def clock(self) -> VirtualClock:
         """The grid's virtual clock, for strategies that act on time (see `clock_for`)."""
         return VirtualClock(self)
