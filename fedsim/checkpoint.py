@@ -44,6 +44,9 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.core.task import Task
+from fedsim.engine.grid import SimGrid
+
 FILENAME = "checkpoint.pkl"
 FORMAT = 1
 
@@ -62,8 +65,6 @@ class Checkpointable(Protocol):
 
 
 def _skipped(value: Any) -> bool:
-    from fedsim.core.task import Task
-
     return callable(value) or isinstance(value, Task | Grid)
 
 
@@ -102,7 +103,7 @@ def can_resume(strategy: Strategy) -> bool:
     return type(strategy).start is Strategy.start or getattr(strategy, "resumes_own_loop", False)
 
 
-# ------------------------------------------------------------------ random and grid state
+# ------------------------------------------------------------------ random state
 
 
 def random_state() -> dict[str, Any]:
@@ -114,29 +115,6 @@ def set_random_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-
-
-_GRID_FIELDS = ("now", "round", "stats", "_in_flight", "_pushed", "_jobs_this_round")
-
-
-def grid_state(grid: Grid) -> dict[str, Any]:
-    return {k: copy.deepcopy(getattr(grid, k)) for k in _GRID_FIELDS if hasattr(grid, k)}
-
-
-def set_grid_state(grid: Grid, state: dict[str, Any]) -> None:
-    for key, value in state.items():
-        setattr(grid, key, copy.deepcopy(value))
-
-
-def pool_state(grid: Grid) -> Any:
-    pool = getattr(grid, "pool", None)
-    return pool.get_states() if pool is not None and hasattr(pool, "get_states") else None
-
-
-def set_pool_state(grid: Grid, state: Any) -> None:
-    pool = getattr(grid, "pool", None)
-    if state is not None and pool is not None:
-        pool.set_states(state)
 
 
 # ------------------------------------------------------------------ the file
@@ -203,9 +181,9 @@ class Checkpointer:
         return self.every > 0 and server_round > 0 and server_round % self.every == 0
 
     def save(self, server_round: int, scenario: dict[str, Any], arrays: ArrayRecord,
-             strategy: Strategy, grid: Grid, records: list[dict[str, Any]]) -> None:
+             strategy: Strategy, grid: SimGrid, records: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         save(self.path, Checkpoint(
             round=server_round, scenario=scenario, arrays=copy.deepcopy(arrays),
-            strategy=strategy_state(strategy), clients=pool_state(grid), grid=grid_state(grid),
-            random=random_state(), records=copy.deepcopy(records)))
+            strategy=strategy_state(strategy), clients=grid.client_states(),
+            grid=grid.checkpoint_state(), random=random_state(), records=copy.deepcopy(records)))

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
@@ -122,17 +122,21 @@ def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Call
             f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
             "without a resume path (`resumes_own_loop`); set checkpoint.every: 0")
     recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks, checkpointer)
-    arrays, num_rounds = task.initial_arrays(), scenario.rounds
+    arrays, num_rounds, offset = task.initial_arrays(), scenario.rounds, 0
     if resume_from is not None:
         arrays = _restore(resume_from, scenario, grid, strategy, recorder, callbacks)
-        if type(strategy).start is Strategy.start:  # Flower's loop counts rounds from 1
-            num_rounds = scenario.rounds - resume_from.round
-            _offset_rounds(strategy, resume_from.round, recorder)
-    evaluate_fn = recorder.end_of_round
-    if resume_from is not None and type(strategy).start is Strategy.start:
-        evaluate_fn = recorder.end_of_resumed_round
+    own_loop = type(strategy).start is not Strategy.start
+    if own_loop:  # it records each step itself, and resumes after its restored step
+        driven: Strategy = strategy
+        strategy.on_train_metrics = recorder.trained  # type: ignore[attr-defined]
+        evaluate_fn = recorder.end_of_round
+    else:  # Flower's loop counts rounds from 1: a resumed run goes on at offset + 1
+        offset = resume_from.round if resume_from is not None else 0
+        num_rounds = scenario.rounds - offset
+        loop = _FlowerLoop(strategy, recorder, offset, scenario)
+        driven, evaluate_fn = loop, loop.end_of_round
     if num_rounds > 0:
-        result = strategy.start(
+        result = driven.start(
             grid, arrays, num_rounds=num_rounds,
             timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
             train_config=TrainConfig.from_spec(scenario.training).to_record(),
@@ -162,8 +166,8 @@ def _restore(checkpoint: ckpt.Checkpoint, scenario: Scenario, grid: Grid, strate
         raise ckpt.CheckpointError("the checkpoint was written for a different scenario "
                                    "(resume with the run directory's resolved.yaml)")
     ckpt.restore_strategy(strategy, checkpoint.strategy)
-    ckpt.set_grid_state(grid, checkpoint.grid)
-    ckpt.set_pool_state(grid, checkpoint.clients)
+    grid.restore_state(checkpoint.grid)
+    grid.restore_client_states(checkpoint.clients)
     ckpt.set_random_state(checkpoint.random)
     recorder.resume(checkpoint.records)
     for record in checkpoint.records:  # rewrite metrics.jsonl, move progress bars
@@ -173,17 +177,53 @@ def _restore(checkpoint: ckpt.Checkpoint, scenario: Scenario, grid: Grid, strate
     return checkpoint.arrays
 
 
-def _offset_rounds(strategy: Strategy, offset: int, recorder: _RoundRecorder) -> None:
-    """Make Flower's `start()`, which counts from 1, continue at round offset + 1."""
-    for name in ("configure_train", "aggregate_train", "configure_evaluate",
-                 "aggregate_evaluate"):
-        method = getattr(strategy, name)
+class _FlowerLoop(Strategy):
+    """The scenario's strategy as Flower's own round loop drives it.
 
-        def shifted(server_round: int, *args: Any, _method: Any = method) -> Any:
-            return _method(server_round + offset, *args)
+    Every call goes to the strategy unchanged, except that rounds are shifted by
+    `offset` (a resumed run goes on at offset + 1), federated evaluation is asked for
+    only on the rounds `evaluation.federated_every` picks, and the aggregated metrics
+    are handed to the recorder. Works for any Flower strategy, built-in or ours.
+    """
 
-        setattr(strategy, name, shifted)
-    recorder.offset = offset
+    def __init__(self, strategy: Strategy, recorder: _RoundRecorder, offset: int,
+                 scenario: Scenario) -> None:
+        self.strategy, self.recorder, self.offset = strategy, recorder, offset
+        self.federated_every = scenario.evaluation.federated_every
+        self.last_round = scenario.rounds
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = self.strategy.aggregate_train(server_round + self.offset, replies)
+        self.recorder.trained(server_round + self.offset, metrics)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
+        every = self.federated_every
+        if not every or (server_round % every and server_round != self.last_round):
+            return []
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        metrics = self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+        self.recorder.evaluated(metrics)
+        return metrics
+
+    def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's `evaluate_fn`; a resumed run recorded its round `offset` before it stopped."""
+        if server_round == 0 and self.offset:
+            return None
+        return self.recorder.end_of_round(server_round + self.offset, arrays)
 
 
 class _ErrorLog:
@@ -207,47 +247,34 @@ class _ErrorLog:
 
 
 class _RoundRecorder:
-    """Hooks into a strategy to turn each round into one metrics record.
+    """Turns each round into one metrics record, and ends the round on the grid.
 
-    Flower's `start()` calls `evaluate_fn` once before the first round and
-    after every round, so that is the end-of-round hook; the aggregated train
-    and evaluate metrics are captured by wrapping the strategy's aggregate
-    methods on the instance (any strategy, built-in or ours), and federated
-    evaluation is skipped on rounds that `evaluation.federated_every` leaves out.
+    A strategy's loop calls `evaluate_fn` (`end_of_round`) once before the first
+    round and after every round; the aggregated metrics reach `trained` and
+    `evaluated` before that, from `_FlowerLoop` or from a strategy's own loop
+    (its `on_train_metrics` hook). At the end of a round the simulated grid moves
+    availability on (`SimGrid.end_round`) and the checkpoint is taken.
     """
 
     def __init__(self, scenario: Scenario, grid: Grid, task: Task, strategy: Strategy,
                  callbacks: Sequence[Callback], checkpointer: ckpt.Checkpointer | None = None
                  ) -> None:
         self.scenario, self.grid, self.task, self.callbacks = scenario, grid, task, callbacks
-        self.strategy, self.checkpointer, self.offset = strategy, checkpointer, 0
+        self.strategy, self.checkpointer = strategy, checkpointer
         self.records: list[dict[str, Any]] = []
         self._train: dict[str, float] = {}
         self._federated: dict[str, float] = {}
         self._started = time.perf_counter()
         self._model = task.make_model()
         self._test = task.test_data(None)
-        aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
-        configure_evaluate = strategy.configure_evaluate
-        every = scenario.evaluation.federated_every
 
-        def evaluate_when_due(server_round: int, *args: Any) -> Any:
-            return configure_evaluate(server_round, *args) if every and (
-                server_round % every == 0 or server_round == scenario.rounds) else []
+    def trained(self, server_round: int, metrics: MetricRecord | None) -> None:
+        """The round's aggregated train metrics (called before its `end_of_round`)."""
+        self._train = _floats(metrics)
 
-        def train_hook(server_round: int, replies: Any) -> Any:
-            arrays, metrics = aggregate_train(server_round, replies)
-            self._train = _floats(metrics)
-            return arrays, metrics
-
-        def evaluate_hook(server_round: int, replies: Any) -> Any:
-            metrics = aggregate_evaluate(server_round, replies)
-            self._federated = _floats(metrics)
-            return metrics
-
-        strategy.aggregate_train = train_hook  # type: ignore[method-assign]
-        strategy.aggregate_evaluate = evaluate_hook  # type: ignore[method-assign]
-        strategy.configure_evaluate = evaluate_when_due  # type: ignore[method-assign]
+    def evaluated(self, metrics: MetricRecord | None) -> None:
+        """The round's aggregated federated-evaluation metrics."""
+        self._federated = _floats(metrics)
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         record: dict[str, Any] = {"round": server_round}
@@ -273,13 +300,6 @@ class _RoundRecorder:
             self.checkpointer.save(server_round, scenario_to_dict(self.scenario), arrays,
                                    self.strategy, self.grid, self.records)
         return MetricRecord(evaluated) if evaluated else None
-
-    def end_of_resumed_round(self, server_round: int, arrays: ArrayRecord
-                             ) -> MetricRecord | None:
-        """`end_of_round` for Flower's loop restarted at round offset + 1 (no round 0)."""
-        if server_round == 0:
-            return None
-        return self.end_of_round(server_round + self.offset, arrays)
 
     def resume(self, records: list[dict[str, Any]]) -> None:
         self.records = [dict(r) for r in records]

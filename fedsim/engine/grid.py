@@ -20,10 +20,12 @@ it as a failure and a round without a deadline still ends.
 
 from __future__ import annotations
 
+import copy
 import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -244,6 +246,28 @@ class SimGrid(Grid):
         for node, (up, down) in bytes_by_node.items():
             self.stats.count_bytes(node, up=up, down=down)
         self.advance_to(self.now + duration)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What the grid needs to go on after a restart: clock, availability round,
+        counters and replies in flight (the nodes' own states: `client_states`)."""
+        return copy.deepcopy({
+            "now": self.now, "round": self.round, "stats": self.stats,
+            "in_flight": self._in_flight, "pushed": self._pushed,
+            "jobs_this_round": self._jobs_this_round})
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Put back what `checkpoint_state` returned."""
+        state = copy.deepcopy(state)
+        self.now, self.round, self.stats = state["now"], state["round"], state["stats"]
+        self._in_flight, self._pushed = state["in_flight"], state["pushed"]
+        self._jobs_this_round = state["jobs_this_round"]
+
+    def client_states(self) -> Any:
+        """Every node's Flower `Context.state` that holds anything, from the pool."""
+        return self.pool.get_states()
+
+    def restore_client_states(self, states: Any) -> None:
+        self.pool.set_states(states)
 
     def clock(self) -> VirtualClock:
         """The grid's virtual clock, for strategies that act on time (see `clock_for`)."""
