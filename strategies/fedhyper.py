@@ -1,8 +1,9 @@
 """FedHyper: hypergradient learning-rate schedulers for federated learning.
 
 Ziyao Wang, Jianyu Wang, Ang Li, "FedHyper: A Universal and Robust Learning Rate Scheduler for
-Federated Learning with Hypergradient Descent", ICLR 2024 (arXiv 2310.03156). Reference code:
-``ATP-1010/FedHyper``. Specification: ``shared/algorithms/part-a.md`` section 2.
+Federated Learning with Hypergradient Descent", ICLR 2024 (arXiv 2310.03156). Official code:
+https://github.com/ATP-1010/FedHyper (``src/federated_main.py`` for G, GM and SL,
+``src/update.py`` for CL; checked at commit d6a57c5).
 
 Hypergradient descent (Baydin et al. 2018) moves a learning rate along minus the derivative of the
 loss with respect to it, which is the inner product of consecutive gradients: agreeing steps grow
@@ -13,7 +14,10 @@ the rate, oscillating steps shrink it. FedHyper does this in three places:
 - CL  (client): each client's local lr, per local step, plus a term with the previous round's
   global update Δ^{t-1} (sent down with the model) that keeps clients' rates from drifting apart.
 
-All rates are clipped to bands around their initial values (γ_α = 3 global, γ_β = 10 local).
+All rates are clipped to bands around their initial values: local lrs to [η_l^0/10, 10·η_l^0]
+(the paper's γ_β = 10, also the code's); the global lr by default to the official code's
+[0.2, 5]·η_g^0 (G) or [0.8, 5]·η_g^0 (GM). The paper's global constant γ_α = 3, a band
+[η_g^0/3, 3·η_g^0], is `global_clip_factor=3`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ def clip(value: float, bounds: tuple[float, float]) -> float:
     return min(max(value, bounds[0]), bounds[1])
 
 
+def global_band(global_lr: float, clip_factor: float | None, server_momentum: float
+                ) -> tuple[float, float]:
+    """η_g's default clip band: [η/γ, γ·η], or the official code's ([0.2, 5] G, [0.8, 5] GM)."""
+    if clip_factor is not None:
+        return global_lr / clip_factor, global_lr * clip_factor
+    return (0.8 if server_momentum else 0.2) * global_lr, 5.0 * global_lr
+
+
 class FedHyper(FedAvg):
     """FedHyper (Wang, Wang, Li, ICLR 2024): FedAvg with hypergradient lr schedulers.
 
@@ -56,7 +68,7 @@ class FedHyper(FedAvg):
 
     - G:  η_g^t = clip(η_g^{t-1} + β_g·⟨Δ^t, Δ^{t-1}⟩, global bounds);  w^{t+1} = w^t − η_g^t·Δ^t.
       The current Δ^t sets the same round's η_g (Baydin's ordering); η_g stays put in round 0.
-    - GM (`server_momentum` μ > 0, the code's FedHyper-GM with μ = 0.9 and bounds [0.8, 5]):
+    - GM (`server_momentum` μ > 0, the code's FedHyper-GM with μ = 0.9):
       m^t = Δ^t + μ·m^{t-1};  η_g^t = clip(η_g^{t-1} + β_g·⟨Δ^t, m^{t-1}⟩);
       w^{t+1} = w^t − Δ^t − (η_g^t − 1)·m^t.
     - SL: A^t = A^{t-1} + β_sl·⟨Δ^t, Δ^{t-1}⟩;  η_l^{t+1} = clip(η_l^0·(1 + A^t), local bounds),
@@ -64,18 +76,30 @@ class FedHyper(FedAvg):
       resets every client's lr to η_l^0 each round, so its SL does nothing; that bug is not
       reproduced here.
     - CL: per local step k, on the client (see `train_fedhyper`). `cl_form="additive"` (default)
-      is the paper's Eq. 20 as reconstructed in the spec:
+      is the paper's Eq. 20 (a hypergradient step plus a (1/K)-scaled global term; the exact algebra
+      is reconstructed from reviews of the paper, not from its method section):
       η^k = clip(η^{k-1} + β_l·[⟨g^k, g^{k-1}⟩ + s·⟨g^k, Δ^{t-1}⟩], local bounds), s = 1/K, the
-      local product being absent at k = 0. `cl_form="multiplicative"` is the reference code's:
-      with δ_k the k-th parameter change and D = −Δ^{t-1},
-      η ← clip(η·min(cap, 1 + β_l·[⟨δ_k, δ_{k-1}⟩ + s·⟨δ_k, D⟩]), local bounds), s = 0.1/S
-      (S clients this round), δ_0 := D. Both restart each round from the round's local lr.
+      local product being absent at k = 0. `cl_form="multiplicative"` is the official code's:
+      with δ^{(j)} = w^{(j+1)} − w^{(j)} the change made by local step j (j = 0..K−1) and
+      D = −Δ^{t-1}, after each step j ≥ 1
+      η ← clip(η·min(cap, 1 + β_l·[⟨δ^{(j)}, δ^{(j-1)}⟩ + s·⟨δ^{(j)}, D⟩]), local bounds),
+      s = 0.1/S (S clients this round), with δ^{(0)} replaced by D at j = 1. There is no update
+      after step 0, so steps 0 and 1 both run at the round's lr. Both forms restart each round
+      from the round's local lr.
 
     Schedulers combine freely (`schedulers=["G", "CL"]` is the paper's Fig. 7; GM + CL is the
     code's FedHyper-FULL). The server state (η_g, Δ^{t-1}, m, A, η_l) lives on the instance.
 
     Raw inner products depend on the parameter scale, so β = 1 (the code's) can saturate a clip
     band in one step on a real model; lower β_* to make the schedules gradual.
+
+    Deviations from the official code: β_g, β_sl, β_l are settings (the code's rules are β = 1);
+    SL persists (above); S is the number of clients sampled this round (the code's
+    num_users·frac); the local optimizer is plain SGD (the code defaults to Adam, whose steps
+    make the hypergradient mean something else); the bands scale with η_g^0 and η_l^0 (the code
+    fixes η_g^0 = 1). The code's CL restarts its "no update after the first step" at every
+    local epoch (its step counter is reset inside the epoch loop); here only the round's first
+    step is skipped, so runs of several local epochs differ from it after the first epoch.
 
     Parameters
     ----------
@@ -85,10 +109,11 @@ class FedHyper(FedAvg):
         η_g^0, the initial (and, without G, the fixed) server learning rate.
     beta_g : float (default: 1.0)
         Hyper learning rate of G (the code uses the raw product, i.e. 1).
-    global_clip_factor : float (default: 3.0)
-        γ_α: η_g stays in [η_g^0/γ_α, γ_α·η_g^0] unless `global_lr_bounds` is given.
+    global_clip_factor : float or None (default: None)
+        γ_α: η_g stays in [η_g^0/γ_α, γ_α·η_g^0] (the paper's γ_α = 3). None: the official
+        code's band, [0.2, 5]·η_g^0 for G and [0.8, 5]·η_g^0 for GM.
     global_lr_bounds : (float, float) or None (default: None)
-        Explicit clip band for η_g (the code: [0.2, 5] for G, [0.8, 5] for GM).
+        Explicit clip band for η_g; overrides `global_clip_factor`.
     server_momentum : float (default: 0.0)
         μ of the GM variant; 0 is plain G.
     beta_sl : float (default: 1.0)
@@ -113,7 +138,7 @@ class FedHyper(FedAvg):
     """
 
     def __init__(self, schedulers: Iterable[Scheduler] = ("G",), global_lr: float = 1.0,
-                 beta_g: float = 1.0, global_clip_factor: float = 3.0,
+                 beta_g: float = 1.0, global_clip_factor: float | None = None,
                  global_lr_bounds: tuple[float, float] | None = None,
                  server_momentum: float = 0.0, beta_sl: float = 1.0, beta_l: float = 1.0,
                  local_clip_factor: float = 10.0,
@@ -124,8 +149,8 @@ class FedHyper(FedAvg):
         super().__init__(**{**FEDAVG_DEFAULTS, **fedavg})
         self.schedulers = frozenset(schedulers)
         self.beta_g, self.beta_sl, self.beta_l = beta_g, beta_sl, beta_l
-        self.global_lr_bounds = global_lr_bounds or (global_lr / global_clip_factor,
-                                                     global_lr * global_clip_factor)
+        self.global_lr_bounds = global_lr_bounds or global_band(global_lr, global_clip_factor,
+                                                                server_momentum)
         self.local_clip_factor = local_clip_factor
         self.local_lr_bounds = local_lr_bounds
         self.server_momentum = server_momentum
@@ -232,9 +257,10 @@ def additive_local_lr(lr: float, grad: np.ndarray, prev_grad: np.ndarray | None,
 def multiplicative_local_lr(lr: float, change: np.ndarray, prev_change: np.ndarray | None,
                             global_change: np.ndarray | None, beta: float, global_scale: float,
                             growth_cap: float, bounds: tuple[float, float]) -> float:
-    """Reference code's CL step: lr·min(cap, 1 + β[⟨δ_k, δ_{k-1}⟩ + s⟨δ_k, D⟩]), clipped.
+    """Official code's CL update after step j ≥ 1: lr·min(cap, 1 + β[⟨δ_j, δ_{j-1}⟩ + s⟨δ_j, D⟩]).
 
-    δ are parameter changes and D = −Δ^{t-1} the global model's last change; δ_0 := D.
+    Clipped to `bounds`. δ are parameter changes and D = −Δ^{t-1} the global model's last
+    (raw, averaged) change; at j = 1 `prev_change` is None and D takes δ_0's place.
     """
     before = prev_change if prev_change is not None else global_change
     signal = float(change @ before) if before is not None else 0.0
@@ -248,7 +274,11 @@ def _vector(tensors: Iterable[torch.Tensor]) -> np.ndarray:
 
 
 def train_fedhyper(message: Message, context: Context) -> Message:
-    """FedHyper-CL's client: plain local SGD whose lr is updated before every step."""
+    """FedHyper-CL's client: plain local SGD with a per-step lr.
+
+    Additive form: the lr is updated before every step from the current gradient. Multiplicative
+    form (official code): updated after every step but the first, from the change just made.
+    """
     task, partition = client_task(context)
     content = message.content
     model = task.model_with(content["arrays"])
@@ -274,7 +304,7 @@ def train_fedhyper(message: Message, context: Context) -> Message:
     params = list(model.parameters())
     lr, lrs, previous = config.lr, [], None
     samples, loss_sum = 0, 0.0
-    for x, y in local_batches(data, config):
+    for step, (x, y) in enumerate(local_batches(data, config)):
         optimizer.zero_grad()
         loss = task.loss(model, x, y)
         loss.backward()
@@ -282,13 +312,14 @@ def train_fedhyper(message: Message, context: Context) -> Message:
             grad = _vector(p.grad for p in params)  # type: ignore[misc]
             lr = additive_local_lr(lr, grad, previous, delta, beta, scale, bounds)
             previous = grad
-        before = _vector(params) if form == "multiplicative" else None
+        # multiplicative: no update after step 0, so steps 0 and 1 both run at the round's lr
+        before = _vector(params) if form == "multiplicative" and step > 0 else None
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
         lrs.append(lr)
         if before is not None:
-            change = _vector(params) - before
+            change = _vector(params) - before  # δ^{(step)}; compared with D at step 1
             lr = multiplicative_local_lr(lr, change, previous, None if delta is None else -delta,
                                          beta, scale, float(config_record["fedhyper-growth-cap"]),
                                          bounds)
@@ -305,14 +336,16 @@ def train_fedhyper(message: Message, context: Context) -> Message:
 
 
 class FedHyperParams(BaseModel):
-    """Hyperparameters of FedHyper (see `FedHyper`); defaults per spec section 2(c)."""
+    """Hyperparameters of FedHyper (see `FedHyper`); defaults follow the official code."""
 
     model_config = ConfigDict(extra="forbid")
 
     schedulers: list[Scheduler] = Field(default_factory=lambda: ["G"])
     global_lr: float = Field(default=1.0, gt=0)
     beta_g: float = Field(default=1.0, ge=0)
-    global_clip_factor: float = Field(default=3.0, ge=1)
+    global_clip_factor: float | None = Field(
+        default=None, ge=1, description="band [η_g^0/γ, γ·η_g^0] (paper: 3); None: the official "
+        "code's [0.2, 5]·η_g^0 (G) or [0.8, 5]·η_g^0 (GM)")
     global_lr_bounds: tuple[float, float] | None = None
     server_momentum: float = Field(default=0.0, ge=0, lt=1)
     beta_sl: float = Field(default=1.0, ge=0)
