@@ -2,8 +2,8 @@
 
 Yan Sun, Li Shen, Tiansheng Huang, Liang Ding, Dacheng Tao, "FedSpeed: Larger Local Interval,
 Less Communication Round, and Higher Generalization Accuracy", ICLR 2023 (arXiv 2302.10429).
-Official code: ``woodenchild95/FL-Simulator``. Specification: ``shared/algorithms/part-a.md``
-section 3.
+Official code: https://github.com/woodenchild95/FL-Simulator (``client/fedspeed.py``,
+``optimizer/ESAM.py``, ``server/FedSpeed.py``; checked at commit 502bec6).
 
 FedProx's proximal pull (1/2λ)‖x − x^t‖² keeps local models close but biases the fixed point.
 FedSpeed adds a per-client prox-correction ĝ_i (a dual variable built from the client's past
@@ -51,18 +51,29 @@ class FedSpeed(FedAvg):
     then ĝ_i ← ĝ_i − (1/λ)(x_{i,K} − x^t) (line 13) and it uploads x̂_i = x_{i,K} − λ·ĝ_i
     (line 14). The server averages the uploads of the active clients (`server_rule="paper"`).
 
-    Sign convention (checked against the spec; FLGo's newer port flips it): λĝ_i = −h_i with
+    Sign convention (the official code's; FLGo's newer port flips it): λĝ_i = −h_i with
     h_i = Σ_past (x_{i,K} − x^t) the client's accumulated drift, so the local step contains
-    "− ĝ_i", i.e. "+ h_i/λ", and x̂_i = x_{i,K} + h_i whatever λ is. With the opposite sign the
-    two-quadratic check of the spec does not reach x* (tests/test_fedspeed.py).
+    "− ĝ_i", i.e. "+ h_i/λ", and x̂_i = x_{i,K} + h_i whatever λ is. With the opposite sign
+    FedSpeed does not reach x* on two quadratics of different curvatures
+    (tests/test_fedspeed.py).
 
-    Differences of the official code, as options: it normalises the ascent step
-    (`perturb_normalize=True`, also the spec's default since the paper is unverified), uses only
-    g2 (`alpha=1`), and sets x^{t+1} = mean_{active}(x_{i,K}) + mean_{all N}(h_i), FedDyn-style
+    Differences of the official code, as options: it normalises the ascent step,
+    y = x + ρ·g1/(‖g1‖ + ε) with ε = 1e-7 (`perturb_normalize=True`, `perturb_eps=1e-7`, the
+    defaults here; whether the paper normalises could not be checked), uses only g2
+    (`alpha=1`), and sets x^{t+1} = mean_{active}(x_{i,K}) + mean_{all N}(h_i), FedDyn-style
     (`server_rule="official"`: clients upload x_{i,K}; the server keeps H = mean_i h_i, adding
     (x_{i,K} − x^t)/N per report). With full participation both rules give the same iterates.
-    Not reproduced: the official gradient-norm clip at 10, weight decay folded into the step
-    (a scenario's `training.weight_decay` is applied as + wd·x), and the 0.998 lr decay.
+
+    Not reproduced, and what happens instead:
+    - lr decay: the official server multiplies the local lr by 0.998 every round; here every
+      round's local steps use the scenario's constant `training.lr` (fedsim has no per-round lr
+      schedule). Over T rounds the official lr ends at 0.998^T of it (0.37 at T = 500), so long
+      runs here take larger late steps.
+    - gradient clip: the official code clips the norm of each local step's g2 plus the
+      correction term to 10 before the SGD step; here the step is never clipped. It only differs
+      when that norm exceeds 10 (large early gradients, or a large drift h_i/λ).
+    - weight decay: the official code folds the prox pull into SGD's weight decay; here the
+      prox term is explicit and a scenario's `training.weight_decay` is added as + wd·x.
     The averages are weighted by `weighted_by_key` as in FedAvg (uniform when shards are
     balanced, as in the paper); H is uniform over the N clients.
 
@@ -77,11 +88,15 @@ class FedSpeed(FedAvg):
     alpha : float (default: 0.9)
         Merge weight α of the perturbed gradient (official: effectively 1).
     perturb_normalize : bool (default: True)
-        Normalise the ascent direction, y = x + ρ·g1/‖g1‖ (official code, standard SAM).
+        Normalise the ascent direction, y = x + ρ·g1/(‖g1‖ + ε) (official code, standard SAM).
+    perturb_eps : float (default: 1e-7)
+        ε of the normalisation, which keeps a vanishing gradient from blowing up the ascent step;
+        1e-7 is the official code's (fixed there).
     server_rule : "paper" | "official" (default: "paper")
         Average x̂_i over active clients, or mean active x_{i,K} plus H over all N clients.
     prox_correction : bool (default: True)
-        Keep ĝ_i. False holds it at zero: local FedProx with μ = 1/λ (the spec's failure test).
+        Keep ĝ_i. False holds it at zero: local FedProx with μ = 1/λ (the prox-correction's
+        failure test: the fixed point is then biased).
     num_nodes : int or None (default: None)
         N, the population size ("official" rule); the builder passes the scenario's count.
     **fedavg
@@ -90,7 +105,8 @@ class FedSpeed(FedAvg):
     """
 
     def __init__(self, prox_lambda: float = 10.0, rho: float = 0.1, alpha: float = 0.9,
-                 perturb_normalize: bool = True, server_rule: ServerRule = "paper",
+                 perturb_normalize: bool = True, perturb_eps: float = 1e-7,
+                 server_rule: ServerRule = "paper",
                  prox_correction: bool = True, num_nodes: int | None = None,
                  **fedavg: Any) -> None:
         super().__init__(**{**FEDAVG_DEFAULTS, **fedavg})
@@ -98,6 +114,7 @@ class FedSpeed(FedAvg):
             raise ValueError("server_rule='official' needs num_nodes (the population size N)")
         self.prox_lambda, self.rho, self.alpha = prox_lambda, rho, alpha
         self.perturb_normalize, self.prox_correction = perturb_normalize, prox_correction
+        self.perturb_eps = perturb_eps
         self.server_rule, self.num_nodes = server_rule, num_nodes
         self.current_arrays: ArrayRecord | None = None
         self.mean_drift: np.ndarray | None = None  # H = mean_i h_i ("official" rule)
@@ -112,10 +129,11 @@ class FedSpeed(FedAvg):
                                                  self.client_config(config), grid)]
 
     def client_config(self, config: ConfigRecord) -> ConfigRecord:
-        """The train config plus λ, ρ, α and what the client uploads."""
+        """The train config plus λ, ρ, α, the normalisation and what the client uploads."""
         return ConfigRecord({
             **dict(config), "fedspeed-lambda": self.prox_lambda, "fedspeed-rho": self.rho,
             "fedspeed-alpha": self.alpha, "fedspeed-normalize": self.perturb_normalize,
+            "fedspeed-eps": self.perturb_eps,
             "fedspeed-correction": self.prox_correction,
             "fedspeed-upload": "corrected" if self.server_rule == "paper" else "local"})
 
@@ -152,6 +170,7 @@ def train_fedspeed(message: Message, context: Context) -> Message:
     alpha = float(record["fedspeed-alpha"])  # type: ignore[arg-type]
     normalize, use_correction = bool(record["fedspeed-normalize"]), bool(
         record["fedspeed-correction"])
+    eps = float(record["fedspeed-eps"])  # type: ignore[arg-type]
     data = task.train_data(partition)
 
     model.train()
@@ -169,7 +188,8 @@ def train_fedspeed(message: Message, context: Context) -> Message:
         if perturb:
             scale = rho
             if normalize:
-                scale = rho / (float(torch.sqrt(sum((g.double() ** 2).sum() for g in g1))) + 1e-12)
+                norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in g1)))
+                scale = rho / (norm + eps)
             saved = [p.detach().clone() for p in params]
             with torch.no_grad():
                 for p, g in zip(params, g1, strict=True):
@@ -224,7 +244,7 @@ def _like(vector: np.ndarray, params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class FedSpeedParams(BaseModel):
-    """Hyperparameters of FedSpeed (see `FedSpeed`); defaults per spec section 3(c)."""
+    """Hyperparameters of FedSpeed (see `FedSpeed`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -232,6 +252,9 @@ class FedSpeedParams(BaseModel):
     rho: float = Field(default=0.1, ge=0)
     alpha: float = Field(default=0.9, ge=0, le=1)
     perturb_normalize: bool = True
+    perturb_eps: float = Field(
+        default=1e-7, ge=0, description="ε in the normalised ascent step ρ·g/(‖g‖ + ε); the "
+        "official code's 1e-7")
     server_rule: ServerRule = "paper"
     prox_correction: bool = True
     fraction_train: float = Field(default=1.0, ge=0, le=1)

@@ -1,4 +1,8 @@
-"""FedSpeed (spec part-a section 3(f)) on two quadratics with different curvatures.
+"""FedSpeed on two quadratics with different curvatures.
+
+Sun, Shen, Huang, Ding, Tao, "FedSpeed: Larger Local Interval, Less Communication Round, and
+Higher Generalization Accuracy", ICLR 2023 (arXiv 2302.10429); official code
+https://github.com/woodenchild95/FL-Simulator.
 
 F_1 = ½·1·(x − 0)², F_2 = ½·4·(x − 1)², x* = 0.8; full participation, exact gradients,
 K = 10, η_l = 0.1, ρ = 0 unless said otherwise.
@@ -15,7 +19,7 @@ from fedsim.core.training import TrainConfig
 from fedsim.engine.pool import ClientWorker, Job, WorkerSpec
 from fedsim.engine.tasks import make_task
 from fedsim.runner import CLIENT_APP, run_config, simulate
-from strategies.fedspeed import CORRECTION_KEY, MESSAGE_TYPE, FedSpeed
+from strategies.fedspeed import CORRECTION_KEY, MESSAGE_TYPE, FedSpeed, FedSpeedParams
 from tests.conftest import quadratic
 
 TOL = 1e-4
@@ -57,7 +61,7 @@ def test_flower_fedavg_stalls_at_its_biased_fixed_point():
 
 
 def test_correction_held_at_zero_is_flower_fedprox_with_mu_one_over_lambda():
-    """Failure test of check 1: without ĝ_i lines 11/13/14 are FedProx, biased to 0.6081."""
+    """Failure test of the optimum: without ĝ_i lines 11/13/14 are FedProx, biased to 0.6081."""
     fedprox = _two_quadratics({"name": "fedprox", "params": {"proximal_mu": 0.1,
                                                              "fraction_evaluate": 0.0}}, 30)
     held = _two_quadratics(_fedspeed(prox_lambda=10.0, prox_correction=False), 30)
@@ -67,7 +71,8 @@ def test_correction_held_at_zero_is_flower_fedprox_with_mu_one_over_lambda():
 
 @pytest.mark.slow
 def test_unnormalised_perturbation_bias_is_the_predicted_fixed_point():
-    """Check 2: quasi-gradient (1 + αρa_i)a_i(x − c_i) moves the fixed point to 0.8331."""
+    """Unnormalised ascent: quasi-gradient (1 + αρa_i)a_i(x − c_i) moves the fixed point to 0.8331.
+    """
     result = _two_quadratics(_fedspeed(rho=0.1, alpha=0.9, perturb_normalize=False), 220)
     assert _x(result) == pytest.approx(0.8331, abs=TOL)
 
@@ -78,7 +83,7 @@ def test_normalised_perturbation_stays_within_order_rho_of_the_optimum():
 
 
 def test_official_and_paper_server_rules_agree_under_full_participation():
-    """Check 3: mean(x_K) + mean_N(h) = mean(x_K + h) when every client is active."""
+    """mean(x_K) + mean_N(h) = mean(x_K + h) when every client is active."""
     paper = _two_quadratics(_fedspeed(server_rule="paper"), 15)
     official = _two_quadratics(_fedspeed(server_rule="official"), 15)
     assert _x(official) == pytest.approx(_x(paper), abs=1e-12)
@@ -94,7 +99,7 @@ def test_official_server_rule_differs_under_partial_participation():
 
 @pytest.mark.parametrize("prox_lambda", [1.0, 10.0, 100.0])
 def test_upload_is_local_model_plus_accumulated_drift(prox_lambda):
-    """Check 4: x̂_i − x_{i,K} = Σ_past (x_{i,K} − x^t) for any λ, with ĝ_i kept in the state."""
+    """x̂_i − x_{i,K} = Σ_past (x_{i,K} − x^t) for any λ, with ĝ_i kept in the state."""
     s = quadratic([1.0], task__params__curvatures=[4.0], training__local_steps=10,
                   training__lr=0.1)
     task = make_task(s)
@@ -129,3 +134,23 @@ def test_correction_is_unchanged_on_nodes_not_sampled():
     worker.run([Job(1000, 0, MESSAGE_TYPE, "c", "g", 0, 2)], [payload])
     np.testing.assert_array_equal(flatten(worker.contexts[1001].state[CORRECTION_KEY]), idle)
     assert idle[0] != 0.0
+
+
+@pytest.mark.parametrize("eps", [None, 1e-7, 1e-12, 1e-3])
+def test_normalised_ascent_step_divides_by_gradient_norm_plus_eps(eps):
+    """y = x + ρ·g1/(‖g1‖ + ε), ε = 1e-7 by default (the official code's constant).
+
+    One client, F = x²/2, one local step from x0 = 1e-7, so ‖g1‖ = 1e-7 and ε shows: the
+    default ascends by ρ/2, where ε = 1e-12 would ascend by almost ρ.
+    """
+    x0, rho, lr = 1e-7, 0.1, 0.1
+    params = {} if eps is None else {"perturb_eps": eps}
+    result = simulate(quadratic([0.0], rounds=1, task__params__init=x0, training__lr=lr,
+                                evaluation__centralized_every=0,
+                                strategy=_fedspeed(rho=rho, alpha=1.0, **params)))
+    g1 = x0
+    y = x0 + rho * g1 / (abs(g1) + (1e-7 if eps is None else eps))
+    x1 = x0 - lr * y  # g2 = ∇F(y) = y; ĝ = 0 and no prox pull yet on the first step
+    upload = x1 + (x1 - x0)  # x̂ = x_K + h with h = x_K − x0
+    assert _x(result) == pytest.approx(upload, rel=1e-12)
+    assert FedSpeedParams.model_fields["perturb_eps"].description
