@@ -11,6 +11,7 @@ stream, so results do not depend on the order in which jobs are processed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from fedsim.core.schema import (
     AlwaysOn,
     BernoulliAvailability,
     BurstyStraggling,
+    ChannelSpec,
     ClientsSpec,
     CyclicAvailability,
     DeviceTier,
@@ -32,7 +34,27 @@ from fedsim.core.schema import (
     Uniform,
 )
 from fedsim.core.seeding import rng
+from fedsim.engine.channel import transfer_time
 from fedsim.engine.stragglers import sample_bursty_pattern
+
+BURSTY_MEAN_SLOTS = 100_000
+"""(device, round) slots of a tier's drawn (B, W, λ) pattern over which its mean straggling
+rate is taken: that many / the tier's size rounds, between 100 and 1000 (drawing costs ~7 µs
+a slot)."""
+
+
+@dataclass(frozen=True)
+class JobTime:
+    """Virtual seconds of one job on one device: downlink, compute, uplink."""
+
+    down: float
+    compute: float
+    up: float
+
+    @property
+    def total(self) -> float:
+        """Push to reply: compute + (down + up)."""
+        return float(self.compute + (self.down + self.up))
 
 
 def tier_counts(shares: list[float], n: int) -> list[int]:
@@ -108,6 +130,16 @@ class _BurstyPattern:
                 max(2 * len(self._pattern), round_ + 1, 16), self._m, s.B, s.W, s.lam,
                 rng(self._seed, self._name), s.start_prob, s.continue_prob)
         return self._pattern[round_]
+
+    @property
+    def size(self) -> int:
+        """Devices in the pattern (the tier's)."""
+        return self._m
+
+    def rate(self, rounds: int) -> float:
+        """Fraction of (device, round) slots that straggle in the first `rounds` rounds."""
+        self.at(rounds - 1)  # draws ahead: the rounds already drawn do not change
+        return float(self._pattern[:rounds].mean()) if self._m else 0.0
 
 
 class DevicePopulation:
@@ -237,6 +269,45 @@ class DevicePopulation:
             in_burst = self._bursts[t].at(round_)[self._rank_in_tier[node]]
             return spec.slowdown if in_burst else 1.0
         return 1.0
+
+    def mean_slowdown(self, node: int) -> float:
+        """E[slowdown] of a job of `node` under its tier's straggling model.
+
+        i.i.d.: 1 + p (s − 1). Gilbert–Elliott: the chain's stationary share of bad rounds,
+        p_enter / (p_enter + p_exit). (B, W, λ)-bursty: the share of straggling (device,
+        round) slots in the first rounds of the tier's drawn pattern (`BURSTY_MEAN_SLOTS`; the
+        sampler has no closed-form rate, and the pattern is the one jobs are slowed by).
+        """
+        t = int(self.tier_of[node])
+        spec = self.tiers[t].straggling
+        if isinstance(spec, IidStraggling):
+            return 1 + spec.p * (spec.slowdown - 1)
+        if isinstance(spec, GilbertElliottStraggling):
+            bad = spec.p_enter / (spec.p_enter + spec.p_exit)
+            return 1 + bad * (spec.slowdown - 1)
+        if isinstance(spec, BurstyStraggling):
+            pattern = self._bursts[t]
+            assert isinstance(pattern, _BurstyPattern)
+            rounds = min(1000, max(100, -(-BURSTY_MEAN_SLOTS // max(pattern.size, 1))))
+            return 1 + pattern.rate(rounds) * (spec.slowdown - 1)
+        return 1.0
+
+    def job_time(self, node: int, channel: ChannelSpec, work: float = 0.0,
+                 bytes_down: int = 0, bytes_up: int = 0, slowdown: float = 1.0) -> JobTime:
+        """The time model of a job of `node`: `bytes_down` over its downlink, `work` samples
+        at its speed times `slowdown`, `bytes_up` over its uplink (links: its tier's, else
+        the channel's). The grid times every job with it (drawn slowdown), and
+        `expected_job_time` with the mean slowdown."""
+        down = transfer_time(self.downlink(node, channel.downlink), bytes_down)
+        compute = work / self.speed[node] * slowdown
+        up = transfer_time(self.uplink(node, channel.uplink), bytes_up)
+        return JobTime(down, compute, up)
+
+    def expected_job_time(self, node: int, channel: ChannelSpec, work: float,
+                          bytes_down: int, bytes_up: int) -> float:
+        """Expected push-to-reply seconds of a job of `node` (dropouts not counted)."""
+        return self.job_time(node, channel, work, bytes_down, bytes_up,
+                             self.mean_slowdown(node)).total
 
     def dropout_at(self, node: int, round_: int, job: int) -> float | None:
         """Fraction of the job done when the device drops out, or None if it finishes."""
