@@ -1,13 +1,12 @@
 """Decentralized learning over a graph: D-PSGD/DFedAvg, DFedSAM and DFedSAM-MGS.
 
 Shi, Shen, Wei, Sun, Yuan, Wang, Tao, "Improving the Model Consistency of Decentralized
-Federated Learning", ICML 2023 (arXiv 2302.04083). Specification:
-``shared/algorithms/part-a.md`` section 5. No official code was found; public
+Federated Learning", ICML 2023 (arXiv 2302.04083). No official code was found; public
 reimplementations (``EricLoong/da-dpfl``) aggregate-then-train with row-stochastic
-sample-weighted neighbourhood averaging; we follow the paper (train, then gossip) with
-Metropolis–Hastings weights, as the spec decides.
+sample-weighted neighbourhood averaging. We deviate from them and follow the paper (train,
+then gossip) with Metropolis–Hastings weights.
 
-One round, for every node i that is online and replies (spec 5(b))::
+One round, for every node i that is online and replies::
 
     y = x_i;  K times: g = ∇F_i(y; ξ),  e = ρ g/‖g‖,  y ← y − η ∇F_i(y + e; ξ)
     z_i = y
@@ -57,7 +56,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
@@ -70,6 +69,7 @@ from fedsim.core.codec import (
     unflatten,
 )
 from fedsim.core.keys import WORK_KEY
+from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.task import Dataset, Task
@@ -77,7 +77,6 @@ from fedsim.core.training import TrainConfig, local_batches, make_optimizer
 from fedsim.engine.channel import payload_nbytes
 from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
 from fedsim.engine.links import OnMissing, gossip_over_links
-from fedsim.engine.tasks import make_task
 from strategies import BuildContext, StrategyInfo
 from topologies import (
     MixingKind,
@@ -149,7 +148,7 @@ def _sam_perturbed_gradient(model: torch.nn.Module, task: Task, params: list[tor
 def train_dfedsam(message: Message, context: Context) -> Message:
     """A node's local training: K SAM steps (ρ from the config) from its own model x_i."""
     task, partition = client_task(context)
-    model = arrays_to_model(task.make_model(), message.content["arrays"])
+    model = task.model_with(message.content["arrays"])
     record = message.content["config"]
     data = task.train_data(partition)
     work, loss = local_sam(model, task, data, TrainConfig.from_record(record),
@@ -162,7 +161,7 @@ def train_dfedsam(message: Message, context: Context) -> Message:
 # Server half: one model per node, gossip over the links
 
 
-class DFedSAM(FedAvg):
+class DFedSAM(OwnLoop, FedAvg):
     """DFedSAM (Shi et al., ICML 2023): local SAM steps, then Q gossip steps with W.
 
     Parameters
@@ -213,75 +212,65 @@ class DFedSAM(FedAvg):
         self._fixed_lambda: float | None = None  # λ(W) of the fixed W, once computed
         self._round_arrays: ArrayRecord | None = None
         self._round_metrics: dict[str, float] = {}
-        self._loop: dict[str, Any] | None = None  # last finished round and node models
+        self._X = np.zeros((0, 0))  # row i: node i's model x_i, flat
 
-    resumes_own_loop = True  # `start()` continues from a restored `_loop` (fedsim.checkpoint)
+    state_fields = ("_X",)  # with the loop's round count, all a resumed run needs
 
     def summary(self) -> None:
         """Flower logs a strategy's summary at start; this one has no FedAvg fields to show."""
 
     # ------------------------------------------------------------ the round loop
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float | None = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-              ) -> Result:
-        """Train locally, gossip, report x̄; `evaluate_fn(t, x̄)` after every round.
+    def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
+                timeout: float | None, config: ConfigRecord) -> None:
+        """The run's context; the runner's `evaluate_fn(t, x̄)` follows every round."""
+        self._grid, self._timeout, self._num_rounds = grid, timeout, num_rounds
+        self._node_id_list = self._node_ids(grid)
+        self._vertex_of = {node_id: i for i, node_id in enumerate(self._node_id_list)}
+        self._template = initial_arrays
+        self._model_nbytes = payload_nbytes(RecordDict({"arrays": initial_arrays}))
+        self._float_mask = _float_mask(initial_arrays)
+        self._config = ConfigRecord(dict(config))
+        self._config[RHO_KEY] = float(self.rho)
 
-        After a checkpoint restore (`fedsim.checkpoint`), it continues after the
-        restored round with the restored node models instead of starting over.
-        """
-        result = Result(arrays=initial_arrays)
-        first = 1
-        X = np.tile(flatten(initial_arrays), (self.num_nodes, 1))
-        if self._loop is not None:  # resumed: every node's model as it was
-            first, X = self._loop["round"] + 1, self._loop["X"]
-            result.arrays = self._loop["arrays"]
-        elif evaluate_fn is not None and (res := evaluate_fn(0, initial_arrays)) is not None:
-            result.evaluate_metrics_serverapp[0] = res
-        node_ids = self._node_ids(grid)
-        vertex_of = {node_id: i for i, node_id in enumerate(node_ids)}
-        template = initial_arrays
-        model_nbytes = payload_nbytes(RecordDict({"arrays": initial_arrays}))
-        float_mask = _float_mask(initial_arrays)
-        config = ConfigRecord(dict(train_config or ConfigRecord()))
-        config[RHO_KEY] = float(self.rho)
-        for server_round in range(first, num_rounds + 1):
-            config["server-round"] = server_round
-            available = set(grid.get_node_ids())
-            online = [i for i, node_id in enumerate(node_ids) if node_id in available]
-            messages = [Message(RecordDict({"arrays": arrays, "config": config}),
-                                node_ids[i], MESSAGE_TYPE, group_id=str(server_round))
-                        for i, arrays in zip(online, _node_arrays(X, online, template),
-                                             strict=True)]
-            replies = [r for r in grid.send_and_receive(messages, timeout=timeout)
-                       if not r.has_error()]
-            Z, active = X.copy(), np.zeros(self.num_nodes, dtype=bool)
-            for r in replies:
-                i = vertex_of[r.metadata.src_node_id]
-                Z[i], active[i] = flatten(r.content["arrays"]), True
-            W = self._round_W(server_round)
-            X, report = gossip_over_links(grid, Z, W, active, self.gossip_steps, server_round,
-                                          model_nbytes, self.on_missing, float_mask, self.seed)
-            lam = self._round_lambda(W)
-            self._round_arrays = unflatten(_network_average(X), template)
-            self._round_metrics = {
-                "consensus_distance": consensus_distance(X),
-                "spectral_gap": 1.0 - lam, "spectral_gap_q": 1.0 - lam ** self.gossip_steps,
-                "gossip_time_s": report.duration_s, "gossip_exchanges": report.exchanges,
-                "gossip_lost": report.lost, "gossip_bytes": report.bytes_sent,
-                "active_nodes": int(active.sum()),
-                **self._node_metrics(X, template, server_round, num_rounds),
-            }
-            arrays, metrics = self.aggregate_train(server_round, replies)
-            result.arrays = arrays if arrays is not None else result.arrays
-            if metrics is not None:
-                result.train_metrics_clientapp[server_round] = metrics
-            self._loop = {"round": server_round, "X": X, "arrays": result.arrays}
-            if evaluate_fn is not None and (res := evaluate_fn(server_round, result.arrays)):
-                result.evaluate_metrics_serverapp[server_round] = res
-        return result
+    def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
+        self._X = np.tile(flatten(initial_arrays), (self.num_nodes, 1))
+
+    def step(self, n: int) -> StepOutcome:
+        """Round n: online nodes train locally, then Q gossip steps; returns x̄."""
+        grid, node_ids, template, config = (self._grid, self._node_id_list, self._template,
+                                            self._config)
+        config["server-round"] = n
+        available = set(grid.get_node_ids())
+        online = [i for i, node_id in enumerate(node_ids) if node_id in available]
+        messages = [Message(RecordDict({"arrays": arrays, "config": config}),
+                            node_ids[i], MESSAGE_TYPE, group_id=str(n))
+                    for i, arrays in zip(online, _node_arrays(self._X, online, template),
+                                         strict=True)]
+        replies = [r for r in grid.send_and_receive(messages, timeout=self._timeout)
+                   if not r.has_error()]
+        Z, active = self._X.copy(), np.zeros(self.num_nodes, dtype=bool)
+        for r in replies:
+            i = self._vertex_of[r.metadata.src_node_id]
+            Z[i], active[i] = flatten(r.content["arrays"]), True
+        W = self._round_W(n)
+        X, report = gossip_over_links(grid, Z, W, active, self.gossip_steps, n,
+                                      self._model_nbytes, self.on_missing, self._float_mask,
+                                      self.seed)
+        self._X = X
+        lam = self._round_lambda(W)
+        self._round_arrays = unflatten(_network_average(X), template)
+        self._round_metrics = {
+            "consensus_distance": consensus_distance(X),
+            "spectral_gap": 1.0 - lam, "spectral_gap_q": 1.0 - lam ** self.gossip_steps,
+            "gossip_time_s": report.duration_s, "gossip_exchanges": report.exchanges,
+            "gossip_lost": report.lost, "gossip_bytes": report.bytes_sent,
+            "active_nodes": int(active.sum()),
+            **self._node_metrics(X, template, n, self._num_rounds),
+        }
+        arrays, metrics = self.aggregate_train(n, replies)
+        assert arrays is not None
+        return arrays, metrics
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -402,7 +391,7 @@ def _builder(cls: type[DFedSAM], name: str) -> Callable[[BaseModel, BuildContext
             raise ScenarioError(
                 f"topology: strategy {name!r} is decentralized and needs a `topology` "
                 "section, e.g. `topology: {name: ring}`")
-        return cls(topology, ctx.num_nodes, make_task(ctx.scenario), ctx.scenario.seed,
+        return cls(topology, ctx.num_nodes, ctx.task, ctx.scenario.seed,
                    **params.model_dump())
 
     return build

@@ -1,12 +1,12 @@
 """EF21 error feedback (with -SGD, -PP and -W variants), and the machinery shared by EF14/EControl.
 
 Richtárik, Sokolov, Fatkhullin, "EF21: A New, Simpler, Theoretically Better, and Practically
-Faster Error Feedback", NeurIPS 2021; Fatkhullin, Sokolov, Gorbunov, Li, Richtárik, "EF21 with
-Bells & Whistles" (EF21-SGD, EF21-PP); Richtárik, Gasanov, Burlachenko, "Error Feedback
-Reloaded: From Quadratic to Arithmetic Mean of Smoothness Constants", ICLR 2024 (EF21-W).
-Reference code: ``IgorSokoloff/ef21_experiments_source_code`` (``bdfg_distributed_stable.py``),
+Faster Error Feedback", NeurIPS 2021 (arXiv 2106.05203); Fatkhullin, Sokolov, Gorbunov, Li,
+Richtárik, "EF21 with Bells & Whistles" (arXiv 2110.03294; EF21-SGD, EF21-PP); Richtárik,
+Gasanov, Burlachenko, "Error Feedback Reloaded: From Quadratic to Arithmetic Mean of Smoothness
+Constants", ICLR 2024 (arXiv 2402.10774; EF21-W).
+Official code: ``IgorSokoloff/ef21_experiments_source_code`` (``bdfg_distributed_stable.py``),
 ``IgorSokoloff/ef21_b-w_experiements_source_code`` (``ef21_pp.py``, ``ef21_sgd.py``).
-Specification: ``shared/algorithms/part-b.md`` §4 and the cross-cutting notes.
 
 Every method here is a compressed gradient method on flat float64 vectors. The server keeps x
 (and an aggregate direction); each round it broadcasts x, every sampled client turns its local
@@ -62,7 +62,6 @@ from fedsim.core.seeding import rng
 from fedsim.core.task import Dataset, Task
 from fedsim.core.training import TrainConfig, local_sgd
 from fedsim.engine.grid import NODE_ID_OFFSET
-from fedsim.engine.tasks import make_task
 from strategies import BuildContext, StrategyInfo
 from strategies.compressors import (
     Compressed,
@@ -432,8 +431,7 @@ class EF21PPParams(CompressedGradientParams):
 
 def task_smoothness(context: BuildContext) -> Smoothness | None:
     """(L_i, L) from the scenario's task, or None if the task has no smoothness constants."""
-    task = make_task(context.scenario)
-    method = getattr(task, "smoothness", None)
+    method = getattr(context.task, "smoothness", None)
     return method() if method is not None else None
 
 

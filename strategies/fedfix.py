@@ -2,8 +2,9 @@
 
 Fraboni, Vidal, Kameni, Lorenzi, "A General Theory for Federated Optimization with
 Asynchronous and Heterogeneous Clients Updates", JMLR 24(110), 2023 (arXiv 2206.10189).
-Reference code: ``Accenture/Labs-Federated-Learning`` branch ``asynchronous_FL``.
-Specification: ``shared/algorithms/part-a.md`` section 1.
+Official code: ``Accenture/Labs-Federated-Learning`` (branch ``asynchronous_FL``).
+FedBuff: Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
+AISTATS 2022 (arXiv 2106.06639).
 
 Every scheme is the one server update
 
@@ -31,43 +32,55 @@ The buffered `weight` is exact for Async and for Meta's FedBuff (client i contri
 rate 1/τ_i, steps happen at rate Σ_j (1/τ_j) / c); for the paper's FedBuff with c > 1 it is
 an approximation (waiting changes the rates; the paper's experiments use `identical`).
 
-τ_i is the device's EXPECTED job time in simulation: the work of one job (local steps ×
-batch size, or epochs × shard size, in samples) / speed × mean straggling slowdown, plus the
-downlink and uplink time of the model's bytes (dropouts are not counted). On a deployed grid
-(no device model) or with `job_times="measured"`, τ_i is the mean of the client's measured
-push-to-reply times so far (a client not yet back counts the time since its job started).
+τ_i is the device's EXPECTED job time in simulation, asked of the device population
+(`DevicePopulation.expected_job_time`, the same time model the simulated grid draws job times
+from): the work of one job (local steps × batch size, or epochs × shard size, in samples) /
+speed × the straggling model's mean slowdown, plus the downlink and uplink time of the model's
+bytes (dropouts are not counted). On a deployed grid (no device model) or with
+`job_times="measured"`, τ_i is the mean of the client's measured push-to-reply times so far (a
+client not yet back counts the time since its job started).
 
 The client returns Δ_i (not its model), so channel noise hits the update. Staleness
 n − ρ_i(n) of each contribution is reported per step as `staleness_mean`/`staleness_max`.
+
+Choices of this implementation that the official code may not share (it has not been checked
+against them line by line): time is the simulator's (virtual on SimGrid, wall clock when
+deployed), clients are Flower nodes restarted by messages, τ_i comes from the device model or
+from measurements as above, and `rounds` counts server steps (`fedsim.core.loop`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.clock import RESOLUTION_S, Clock, clock_for
-from fedsim.core.codec import flatten, model_to_arrays, unflatten
+from fedsim.core.codec import (
+    array_from_numpy,
+    array_to_numpy,
+    flatten,
+    model_to_arrays,
+    unflatten,
+)
 from fedsim.core.keys import WORK_KEY
-from fedsim.core.schema import GilbertElliottStraggling, IidStraggling, Scenario
+from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.training import TrainConfig, local_sgd
-from fedsim.engine.channel import payload_nbytes, transfer_time
+from fedsim.engine.channel import payload_nbytes
 from fedsim.engine.grid import NODE_ID_OFFSET
 from strategies import BuildContext, StrategyInfo
 
 MESSAGE_TYPE = "train.fedfix"
 Weighting = Literal["identical", "weight"]
-EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
 # --------------------------------------------------------------------------- client half
@@ -95,17 +108,13 @@ class _Job:
 
 @dataclass
 class _Server:
-    """Server state: the model, its version, every client's job and its measured times."""
+    """Server state: the model (flat), its version, every client's job and measured times."""
 
     theta: np.ndarray
-    like: ArrayRecord
     version: int = 0
     jobs: dict[int, _Job] = field(default_factory=dict)  # node -> job in flight
     durations: dict[int, list[float]] = field(default_factory=dict)
     started_at: dict[int, float] = field(default_factory=dict)  # node -> last job start
-
-    def arrays(self) -> ArrayRecord:
-        return unflatten(self.theta, self.like)
 
 
 @dataclass
@@ -115,7 +124,32 @@ class _Arrival:
     version: int
 
 
-class EventDrivenFedAvg(FedAvg):
+@dataclass
+class _PlainArrival:
+    """An `_Arrival` as plain data, for checkpoints: the reply's arrays and metrics."""
+
+    node: int
+    version: int
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, arrival: _Arrival) -> _PlainArrival:
+        content = arrival.reply.content
+        return cls(arrival.node, arrival.version,
+                   {k: array_to_numpy(a) for k, a in content["arrays"].items()},
+                   dict(content["metrics"]))
+
+    def arrival(self) -> _Arrival:
+        """The arrival with its reply rebuilt (source node, arrays, metrics)."""
+        instruction = Message(RecordDict(), self.node + NODE_ID_OFFSET, MESSAGE_TYPE)
+        content = RecordDict({
+            "metrics": MetricRecord(self.metrics),
+            "arrays": ArrayRecord({k: array_from_numpy(v) for k, v in self.arrays.items()})})
+        return _Arrival(self.node, Message(content, reply_to=instruction), self.version)
+
+
+class EventDrivenFedAvg(OwnLoop, FedAvg):
     """Base of the time-driven schemes: θ ← θ + η_g Σ d_i Δ_i at times the subclass picks.
 
     Parameters
@@ -132,6 +166,10 @@ class EventDrivenFedAvg(FedAvg):
         Stop at the first step that would happen after this time (besides `num_rounds`).
     """
 
+    # The loop's state at the end of a server step (`fedsim.core.loop`); the restarts a
+    # step owes wait in `_owed` while it is recorded, so a checkpoint taken then is whole.
+    state_fields = ("_server", "_num_nodes", "_idle", "_owed", "_arrivals", "_buffer")
+
     def __init__(self, weighting: Weighting = "weight", server_lr: float = 1.0,
                  importance: Sequence[float] | None = None,
                  expected_job_times: Sequence[float] | None = None,
@@ -145,27 +183,28 @@ class EventDrivenFedAvg(FedAvg):
                                    else np.asarray(expected_job_times, float))
         self.time_budget_s = math.inf if time_budget_s is None else time_budget_s
         self._server: _Server | None = None
-        self._clock: Clock | None = None
         self._num_nodes = 0
-        self._step_versions: list[int] = []
         self._idle: set[int] = set()
-        self._result = Result()
         self._owed: list[int] = []  # clients the last step restarts once it is recorded
         self._arrivals: list[_Arrival] = []  # FedBuff: arrived, not yet in the buffer
         self._buffer: list[_Arrival] = []  # FedBuff: in the buffer, not yet aggregated
-        self._resumed = False
+        self._step_versions: list[int] = []  # ρ_i of the contributions being aggregated
+        self._clock: Clock | None = None
+        self._like = ArrayRecord()
 
-    resumes_own_loop = True  # `start()` continues from a restored server (fedsim.checkpoint)
-    _LOOP_STATE = ("_server", "_step_versions", "_num_nodes", "_idle", "_result", "_owed",
-                   "_arrivals", "_buffer")
+    def encode_field(self, name: str, value: Any) -> Any:
+        if name == "_idle":
+            return sorted(value)
+        if name in ("_arrivals", "_buffer"):
+            return [_PlainArrival.of(a) for a in value]
+        return value
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The event loop's state at the end of a server step (taken while it is recorded)."""
-        return copy.deepcopy({key: getattr(self, key) for key in self._LOOP_STATE})
-
-    def restore_state(self, state: dict[str, Any]) -> None:
-        vars(self).update(copy.deepcopy(state))
-        self._resumed = True
+    def decode_field(self, name: str, value: Any) -> Any:
+        if name == "_idle":
+            return set(value)
+        if name in ("_arrivals", "_buffer"):
+            return [a.arrival() for a in value]
+        return value
 
     # ------------------------------------------------------------ weights
 
@@ -214,46 +253,35 @@ class EventDrivenFedAvg(FedAvg):
                     "num-examples": float(sum(examples)),
                     "staleness_mean": float(np.mean(staleness)),
                     "staleness_max": float(np.max(staleness))}
-        return server.arrays(), MetricRecord(out)
+        return unflatten(server.theta, self._like), MetricRecord(out)
 
     # ------------------------------------------------------------ the event loop
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: EvaluateFn | None = None) -> Result:
-        """Push a job to every node, then step as the scheme says; `num_rounds` = server steps.
-
-        After a checkpoint restore it goes on from the restored step: the restarts that step
-        owed, then the scheme's loop with the jobs, arrivals and buffer as they were.
-        """
+    def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
+                timeout: float | None, config: ConfigRecord) -> None:
         self._clock = clock_for(grid)
-        self._config = train_config or ConfigRecord()
+        self._config = config
         self._grid = grid
-        self._evaluate_fn = evaluate_fn
-        if self._resumed:
-            self._resumed = False
-            self._restart_owed()
-        else:
-            self._server = _Server(flatten(initial_arrays).copy(), initial_arrays)
-            self._step_versions = []
-            self._result = Result(arrays=initial_arrays)
-            nodes = list(grid.get_node_ids())
-            self._num_nodes = (len(self.expected_job_times)
-                               if self.expected_job_times is not None
-                               else len(self.importance) if self.importance is not None
-                               else len(nodes))
-            self._idle = set()
-            if evaluate_fn:
-                evaluate_fn(0, initial_arrays)
-            self._restart([_partition(n) for n in nodes])
-        self.run_schedule(num_rounds)
-        self._result.arrays = self._server.arrays()
-        return self._result
+        self._like = initial_arrays  # the model's keys, shapes and dtypes
 
-    def run_schedule(self, num_rounds: int) -> None:
-        """The scheme's loop of server steps (overridden by each scheme)."""
-        raise NotImplementedError
+    def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
+        """θ⁰ and a job owed to every online node (pushed by `launch`)."""
+        self._server = _Server(flatten(initial_arrays).copy())
+        self._step_versions = []
+        nodes = list(grid.get_node_ids())
+        self._num_nodes = (len(self.expected_job_times)
+                           if self.expected_job_times is not None
+                           else len(self.importance) if self.importance is not None
+                           else len(nodes))
+        self._idle = set()
+        self._owed = [_partition(n) for n in nodes]
+
+    def launch(self) -> None:
+        """Push the jobs owed: every node's first job, or the restarts of the restored step."""
+        self._restart_owed()
+
+    def after_step(self, n: int) -> None:
+        self._restart_owed()
 
     def _restart(self, partitions: Iterable[int]) -> None:
         """Send the current model to these clients now (offline ones idle until next step)."""
@@ -266,7 +294,8 @@ class EventDrivenFedAvg(FedAvg):
                 self._idle.add(node)
                 continue
             self._idle.discard(node)
-            content = RecordDict({"arrays": server.arrays(), "config": self._config})
+            content = RecordDict({"arrays": unflatten(server.theta, self._like),
+                                  "config": self._config})
             messages.append(Message(content, node + NODE_ID_OFFSET, MESSAGE_TYPE,
                                     group_id=str(server.version)))
             starting.append(node)
@@ -300,25 +329,16 @@ class EventDrivenFedAvg(FedAvg):
             arrivals.append(_Arrival(node, message, job.version))
         return arrivals, failed
 
-    def _step(self, arrivals: Sequence[_Arrival], restart: Sequence[int] = ()) -> None:
-        """Aggregate these contributions as the next server step, record it, then restart
-        the `restart` clients on the new model.
-
-        The restarts wait in `_owed` while the step is recorded, so that a checkpoint taken
-        then holds a loop state the resumed run can go on from.
-        """
+    def _step(self, arrivals: Sequence[_Arrival], restart: Sequence[int] = ()) -> StepOutcome:
+        """Aggregate these contributions as the next server step; the `restart` clients are
+        owed a job on the new model, pushed once the step is recorded (`after_step`)."""
         self._owed = list(restart)
         server = self._server
         assert server is not None
         self._step_versions = [a.version for a in arrivals]
         arrays, metrics = self.aggregate_train(server.version + 1, [a.reply for a in arrivals])
-        if metrics is not None:
-            self._result.train_metrics_clientapp[server.version] = metrics
-        if self._evaluate_fn:
-            evaluated = self._evaluate_fn(server.version, arrays)
-            if evaluated is not None:
-                self._result.evaluate_metrics_serverapp[server.version] = evaluated
-        self._restart_owed()
+        assert arrays is not None
+        return arrays, metrics
 
 
 class FedFix(EventDrivenFedAvg):
@@ -330,7 +350,7 @@ class FedFix(EventDrivenFedAvg):
         Δt, the aggregation period in (virtual or wall) seconds.
     ceil_factor : bool (default True)
         `weight` uses d_i = p_i ⌈τ_i/Δt⌉; False drops the factor (d_i = p_i), which biases the
-        fixed point toward fast clients (kept for the spec's failure test).
+        fixed point toward fast clients (kept to show that bias).
     """
 
     def __init__(self, period_s: float = 0.5, ceil_factor: bool = True, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -344,15 +364,15 @@ class FedFix(EventDrivenFedAvg):
         periods = math.ceil(self.job_time(node) / self.period_s - RESOLUTION_S)
         return self.p(node) * (max(periods, 1) if self.ceil_factor else 1)
 
-    def run_schedule(self, num_rounds: int) -> None:
-        assert self._server is not None and self._clock is not None
-        while self._server.version < num_rounds:
-            tick = (self._server.version + 1) * self.period_s
-            if tick > self.time_budget_s + RESOLUTION_S:
-                return
-            finished, failed = self._arrive(
-                self._clock.collect_until(self._grid, self._in_flight(), tick))
-            self._step(finished, restart=[a.node for a in finished] + failed)
+    def step(self, n: int) -> StepOutcome | None:
+        """Step n at time n·Δt with every client that has finished by then."""
+        assert self._clock is not None
+        tick = n * self.period_s
+        if tick > self.time_budget_s + RESOLUTION_S:
+            return None
+        finished, failed = self._arrive(
+            self._clock.collect_until(self._grid, self._in_flight(), tick))
+        return self._step(finished, restart=[a.node for a in finished] + failed)
 
 
 class FedBuff(EventDrivenFedAvg):
@@ -381,25 +401,26 @@ class FedBuff(EventDrivenFedAvg):
         rate = sum(1.0 / self.job_time(j) for j in range(self._num_nodes))
         return self.p(node) * self.job_time(node) * rate / self.buffer_size
 
-    def run_schedule(self, num_rounds: int) -> None:
-        assert self._server is not None and self._clock is not None
-        while self._server.version < num_rounds:
+    def step(self, n: int) -> StepOutcome | None:
+        """Take arrivals one at a time (ties in client order) until the buffer holds c."""
+        assert self._clock is not None
+        while True:
             if not self._arrivals:
                 replies = self._clock.wait_for_replies(self._grid, self._in_flight(),
                                                        until=self.time_budget_s)
                 if not replies:
-                    return  # time budget reached, or nothing in flight (all offline)
+                    return None  # time budget reached, or nothing in flight (all offline)
                 self._arrivals, failed = self._arrive(replies)
                 self._restart(failed)
-            arrival = self._arrivals.pop(0)  # one at a time, in client order (ties)
+            arrival = self._arrivals.pop(0)
             self._buffer.append(arrival)
             restart = [arrival.node] if self.restart == "immediately" else []
             if len(self._buffer) == self.buffer_size:
                 buffer, self._buffer = self._buffer, []
                 if self.restart == "after_aggregation":
                     restart = [a.node for a in buffer]
-                self._step(buffer, restart)
-            elif restart:
+                return self._step(buffer, restart)
+            if restart:
                 self._restart(restart)
 
 
@@ -421,26 +442,19 @@ def _partition(node_id: int) -> int:
 
 # --------------------------------------------------------------------------- expected job times
 
-def expected_job_times(scenario: Scenario, ctx: BuildContext) -> list[float] | None:
-    """τ_i = downlink + work / speed × E[slowdown] + uplink, from the device model."""
-    from fedsim.engine.tasks import make_task
-    from fedsim.runner import initial_arrays
-
+def expected_job_times(ctx: BuildContext) -> list[float] | None:
+    """τ_i from the device population's time model (None on a deployed grid: no devices)."""
     devices = ctx.devices
     if devices is None:
         return None
-    task = make_task(scenario)
-    nbytes = payload_nbytes(RecordDict({"arrays": initial_arrays(task, scenario.seed)}))
-    config = TrainConfig.from_spec(scenario.training)
-    times = []
-    for node in range(devices.n):
-        tier = devices.tiers[int(devices.tier_of[node])]
-        work = _samples_per_job(len(task.train_data(node)), config)
-        compute = work / devices.speed[node] * _mean_slowdown(tier.straggling)
-        links = (transfer_time(devices.downlink(node, scenario.channel.downlink), nbytes)
-                 + transfer_time(devices.uplink(node, scenario.channel.uplink), nbytes))
-        times.append(float(compute + links))
-    return times
+    with torch.random.fork_rng(devices=[]):  # only the model's size matters here
+        nbytes = payload_nbytes(RecordDict({"arrays": model_to_arrays(ctx.task.make_model())}))
+    config = TrainConfig.from_spec(ctx.scenario.training)
+    return [devices.expected_job_time(
+                node, ctx.scenario.channel,
+                work=_samples_per_job(len(ctx.task.train_data(node)), config),
+                bytes_down=nbytes, bytes_up=nbytes)
+            for node in range(devices.n)]
 
 
 def _samples_per_job(n: int, config: TrainConfig) -> int:
@@ -453,15 +467,6 @@ def _samples_per_job(n: int, config: TrainConfig) -> int:
         return config.local_epochs * n
     full, rest = divmod(config.local_steps, len(epoch))
     return full * n + sum(epoch[:rest])
-
-
-def _mean_slowdown(straggling: object) -> float:
-    if isinstance(straggling, IidStraggling):
-        return 1 + straggling.p * (straggling.slowdown - 1)
-    if isinstance(straggling, GilbertElliottStraggling):
-        bad = straggling.p_enter / (straggling.p_enter + straggling.p_exit)
-        return 1 + bad * (straggling.slowdown - 1)
-    return 1.0
 
 
 # --------------------------------------------------------------------------- registration
@@ -490,11 +495,8 @@ class FedBuffParams(_CommonParams):
 def _common(params: _CommonParams, ctx: BuildContext) -> dict:
     importance = None
     if params.importance == "samples":
-        from fedsim.engine.tasks import make_task
-
-        task = make_task(ctx.scenario)
-        importance = [len(task.train_data(i)) for i in range(ctx.num_nodes)]
-    times = (expected_job_times(ctx.scenario, ctx) if params.job_times == "expected" else None)
+        importance = [len(ctx.task.train_data(i)) for i in range(ctx.num_nodes)]
+    times = expected_job_times(ctx) if params.job_times == "expected" else None
     return {"weighting": params.weighting, "server_lr": params.server_lr,
             "importance": importance, "expected_job_times": times,
             "time_budget_s": params.time_budget_s}

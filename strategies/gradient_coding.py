@@ -1,8 +1,7 @@
 """Gradient coding: exact distributed gradient descent that tolerates s stragglers.
 
 Tandon, Lei, Dimakis, Karampatziakis, "Gradient Coding: Avoiding Stragglers in Distributed
-Learning", ICML 2017 (arXiv 1612.03301). Reference code: ``rashisht1/gradient_coding``.
-Specification: ``shared/algorithms/part-b.md`` section 3a.
+Learning", ICML 2017 (arXiv 1612.03301). Official code: ``rashisht1/gradient_coding``.
 
 The data are cut into n partitions D_1..D_n with partial gradients g_j. Worker i holds the
 partitions in the support of row i of an encoding matrix B (n×n) and sends
@@ -30,32 +29,37 @@ The partial gradient of partition j is g_j = (|D_j|/N) ∇L_j(x), with L_j the t
     F(x) = Σ_j (|D_j|/N) L_j(x)   (the sample-mean loss; the task's f when shards are equal),
 
 and the master steps x ← x − γ ĝ with ĝ the decoded Σ_j g_j and γ the scenario's
-``training.lr``. (The official code runs Nesterov's accelerated GD; we run plain GD.)
+``training.lr``.
+
+Deviations from the official code: plain GD where it runs Nesterov's accelerated GD;
+stragglers are the simulated devices' slow or failed jobs (speed, straggling model, links),
+and replies still in flight when the master decodes are dropped (every round starts fresh
+jobs). The loop (results, evaluation, resume, checkpoint state) is `fedsim.core.loop`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.clock import Clock, clock_for
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
+from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
 from fedsim.core.task import Dataset, Task
 from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
 from strategies import BuildContext, StrategyInfo
 
 GCScheme = Literal["frc", "crc"]
-EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 DECODE_ATOL = 1e-6
 """Largest ‖B_Fᵀ a − 1‖_∞ accepted as an exact decode (float64; CRC degrades as n grows)."""
@@ -71,7 +75,7 @@ def fractional_repetition_B(n: int, s: int) -> np.ndarray:
 
     Workers form n/(s+1) groups of s+1 consecutive workers; every worker of group q holds the s+1
     partitions q(s+1)..q(s+1)+s and sends their plain sum. With ≤ s stragglers every group has a
-    survivor, and the sum of one message per group is g (spec 3a(b)). Requires (s+1) | n.
+    survivor, and the sum of one message per group is g. Requires (s+1) | n.
     """
     _check_tolerance(n, s)
     if n % (s + 1):
@@ -85,8 +89,8 @@ def cyclic_repetition_B(n: int, s: int, rng: np.random.Generator) -> np.ndarray:
     Row i is supported on S_i = {i, i+1, ..., i+s} mod n. Draw H ∈ R^{s×n} with i.i.d. N(0, 1)
     entries in its first n−1 columns and the last column set to minus the row sums (H·1 = 0); then
     set B_ii = 1 and B_{i, S_i∖{i}} = −(H_{:, S_i∖{i}})⁻¹ H_{:, i}. Every row lies in null(H), which
-    has dimension n−s and contains 1, and with probability 1 any n−s rows span it (spec 3a(b)).
-    The spec believes this is the paper's construction [memory]; it is the official code's.
+    has dimension n−s and contains 1, and with probability 1 any n−s rows span it. This is the
+    official code's construction.
 
     Gaussian H gets ill-conditioned as n grows (decode error ~1e−10 at n=10); for n in the tens
     and up prefer FRC.
@@ -166,7 +170,7 @@ def first_decodable(B: np.ndarray, arrival_order: Sequence[int]) -> list[int]:
     """The master's stopping rule: the shortest prefix of `arrival_order` that decodes.
 
     For CRC this is the first n−s arrivals; for FRC it is the moment every group has one arrival,
-    often earlier (spec 3a(b), per-round protocol). Decodability is monotone in the prefix, so the
+    often earlier. Decodability is monotone in the prefix, so the
     prefix length is found by bisection. Raises ValueError if even all of `arrival_order` cannot
     decode.
     """
@@ -254,7 +258,7 @@ def train_gradient_coding(message: Message, context: Context) -> Message:
                     "total-samples": total})
 
 
-class GradientCodingGD(FedAvg):
+class GradientCodingGD(OwnLoop, FedAvg):
     """Gradient-coded distributed GD (Tandon et al., ICML 2017): exact steps despite stragglers.
 
     Each round the master pushes x to all n workers; worker i returns f_i = Σ_j B_ij g_j; the
@@ -285,13 +289,12 @@ class GradientCodingGD(FedAvg):
                          min_available_nodes=1)
         self.n, self.s = num_workers, s
         self.B = encoding_matrix(scheme, num_workers, s, code_seed)
-        self._x = np.zeros(0)
+        self._x = np.zeros(0)  # the model, flat; with the loop's step count, all the state
         self._like = ArrayRecord()
         self._lr = 0.0
         self._round_metrics: dict[str, float] = {}
-        self._done = 0  # GD steps taken; a checkpoint restores it with x (fedsim.checkpoint)
 
-    resumes_own_loop = True  # `start()` continues after `_done` steps
+    state_fields = ("_x",)
 
     # ------------------------------------------------------------ the master's rule
 
@@ -321,34 +324,24 @@ class GradientCodingGD(FedAvg):
             "decoded_from": float(len(replies)), **self._round_metrics,
         })
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: EvaluateFn | None = None) -> Result:
-        """`num_rounds` GD steps, each decoded from the first decodable set of replies."""
-        config = train_config or ConfigRecord()
-        self._lr = float(config["lr"])
-        clock = clock_for(grid)
-        result = Result(arrays=initial_arrays)
-        if self._done:  # resumed from a checkpoint: x and the step count are restored
-            result.arrays = unflatten(self._x, self._like)
-        else:
-            self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
-            if evaluate_fn:
-                evaluate_fn(0, initial_arrays)
-        for server_round in range(self._done + 1, num_rounds + 1):
-            started = clock.now()
-            replies, ignored = self._collect(grid, clock, server_round, config)
-            self._round_metrics = {"ignored": float(ignored),
-                                   "round_time_s": clock.now() - started}
-            arrays, metrics = self.aggregate_train(server_round, replies)
-            assert arrays is not None and metrics is not None
-            result.arrays = arrays
-            result.train_metrics_clientapp[server_round] = metrics
-            self._done = server_round
-            if evaluate_fn and (evaluated := evaluate_fn(server_round, arrays)) is not None:
-                result.evaluate_metrics_serverapp[server_round] = evaluated
-        return result
+    def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
+                timeout: float | None, config: ConfigRecord) -> None:
+        self._config, self._lr = config, float(config["lr"])
+        self._grid, self._clock = grid, clock_for(grid)
+        self._like = initial_arrays
+
+    def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
+        self._x = flatten(initial_arrays).copy()
+
+    def step(self, n: int) -> StepOutcome:
+        """GD step n, decoded from the first decodable set of replies."""
+        started = self._clock.now()
+        replies, ignored = self._collect(self._grid, self._clock, n, self._config)
+        self._round_metrics = {"ignored": float(ignored),
+                               "round_time_s": self._clock.now() - started}
+        arrays, metrics = self.aggregate_train(n, replies)
+        assert arrays is not None and metrics is not None
+        return arrays, metrics
 
     def _collect(self, grid: Grid, clock: Clock, server_round: int, config: ConfigRecord
                  ) -> tuple[list[Message], int]:

@@ -1,9 +1,9 @@
 """Sequential gradient coding (SGC): SR-SGC and M-SGC under (B, W, λ)-bursty stragglers.
 
 Krishnan, Ebrahimi, Khisti, "Sequential Gradient Coding For Straggler Mitigation", ICLR 2023
-(arXiv 2211.13802). Reference code: ``mamaj/Sequential-Gradient-Coding-2``, ``2_find_runtimes/``.
-Specification: ``shared/algorithms/part-b.md`` section 3b. Only the paper's abstract was read for
-the spec; the schemes below follow the official code, which the spec says matches the abstract.
+(arXiv 2211.13802). Official code: ``mamaj/Sequential-Gradient-Coding-2`` (``2_find_runtimes/``).
+The schemes below follow the official code; of the paper, only its abstract was checked against
+them.
 
 A run computes J gradient jobs. Job t starts in round t and must be decoded by its deadline,
 round t + T. Gradient coding (:mod:`strategies.gradient_coding`) codes across workers only
@@ -23,8 +23,8 @@ cut by the scheme's ``split_job_indices``; partial gradient of part p = (|p|/N) 
 
     x_{t+1} = x_t − γ ĝ_{t−T}   (x_{t+1} = x_t while t < T),     ĝ_t = ∇F(x_t) exactly.
 
-The paper instead trains several models concurrently (presumably round t serves model t mod M,
-spec 3b(a), an assumption); one delayed model keeps the check "decoded = uncoded" exact. A run
+Deviation: the paper instead trains several models concurrently (presumably round t serves
+model t mod M; not checked); one delayed model keeps the check "decoded = uncoded" exact. A run
 of ``rounds`` rounds computes J = rounds − T jobs. Each round the master applies
 :func:`stopping_rule` online (wait for the fastest reply, then until (1+μ)· its time; wait for
 all if the cut-off workers would break the (B, W, λ) model), so the effective straggler
@@ -39,26 +39,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.clock import Clock, clock_for
-from fedsim.core.codec import arrays_to_model, flatten, unflatten
+from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
+from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
 from fedsim.core.task import Dataset, Task
 from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
 from fedsim.engine.stragglers import check_model, round_conforms
 from strategies import BuildContext, StrategyInfo
 from strategies.gradient_coding import (
-    EvaluateFn,
     GCScheme,
     data_assignment,
     decode_received,
@@ -92,15 +92,16 @@ def stopping_rule(
     lam: int,
     mu: float = 1.0,
 ) -> RoundStop:
-    """The master's stopping rule of the runtime experiments (spec 3b(b), official code).
+    """The master's stopping rule of the paper's runtime experiments (official code).
 
     A worker straggles when its finish time exceeds (1+μ) times the fastest worker's. If these
     stragglers keep the effective pattern `history` (boolean [r, n], earlier rounds as the master
     treated them) within the (B, W, λ) model, the round lasts min((1+μ)·fastest, slowest);
     otherwise the master waits for all, the round has no stragglers and lasts as long as the
-    slowest worker. The effective pattern therefore always conforms. The spec takes the round time
-    min((1+μ)·fastest, slowest) from the official GC class (its SGC classes use (1+μ)·fastest even
-    when nobody straggles); we follow the spec. For the GC baseline pass (B, W, λ) = (1, 1, s).
+    slowest worker. The effective pattern therefore always conforms. The round time
+    min((1+μ)·fastest, slowest) is the official GC class's; its SGC classes use (1+μ)·fastest even
+    when nobody straggles (a deviation: we use the GC class's rule for every scheme). For the GC
+    baseline pass (B, W, λ) = (1, 1, s).
     """
     times = np.asarray(arrival_times_s, dtype=float)
     threshold = (1.0 + mu) * times.min()
@@ -111,7 +112,7 @@ def stopping_rule(
 
 
 # ---------------------------------------------------------------------------------------------
-# Loads and delays (spec 3b(b); normalised load = fraction of one job's data per worker per round)
+# Loads and delays (normalised load = fraction of one job's data per worker per round)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -197,7 +198,7 @@ class SequentialScheme(ABC):
         """The scheme with its inner code built by :func:`encoding_matrix` (FRC needs (s+1) | n).
 
         CRC (the default) works for every s but degrades numerically for n in the tens and up
-        (spec 3a(b)); prefer FRC where (s+1) | n.
+        (:func:`strategies.gradient_coding.cyclic_repetition_B`); prefer FRC where (s+1) | n.
         """
         s = cls.gc_tolerance(n, B, W, lam)
         gc_matrix = None if s is None else encoding_matrix(gc_scheme, n, s, seed)
@@ -293,7 +294,7 @@ class SelectiveRepeatSGC(SequentialScheme):
     distinct workers delivered its task across rounds t and t+B. Requires B | (W−1).
 
     ``delivered[r, i]`` is the job whose task worker i delivered in round r, or IDLE. Rounds
-    r ≥ J start no new job; a round whose tasks are all IDLE costs nothing (spec 3b(b)).
+    r ≥ J start no new job; a round whose tasks are all IDLE costs nothing.
     """
 
     def __post_init__(self) -> None:
@@ -546,11 +547,10 @@ def train_sgc(message: Message, context: Context) -> Message:
     data = pooled_train_data(task, scheme.n)
     total = len(data)
     parts = scheme.split_job_indices(total)
-    model = task.make_model()
     sent: dict[str, Array] = {}
     losses, work = [], 0
     for job, job_task in json.loads(str(config["sgc-assignments"])):
-        arrays_to_model(model, message.content[f"x-{job}"])
+        model = task.model_with(message.content[f"x-{job}"])
         partials: np.ndarray | None = None
         for p in scheme.parts_needed(worker, job_task):
             index = torch.from_numpy(parts[p])
@@ -568,7 +568,7 @@ def train_sgc(message: Message, context: Context) -> Message:
                                                 "train_loss": float(np.mean(losses))})
 
 
-class SequentialGradientCodingGD(FedAvg):
+class SequentialGradientCodingGD(OwnLoop, FedAvg):
     """SR-SGC / M-SGC (Krishnan, Ebrahimi, Khisti, ICLR 2023) running delayed gradient descent.
 
     Round r: the master computes the scheme's ``tasks(r, delivered)``, pushes to each busy worker
@@ -606,9 +606,25 @@ class SequentialGradientCodingGD(FedAvg):
         self._like = ArrayRecord()
         self._lr = 0.0
         self._round_metrics: dict[str, float] = {}
-        self._done = 0  # rounds finished; a checkpoint restores it with the master's state
+        self._models: dict[int, np.ndarray] = {}  # job -> its model x_t (flat), until decoded
+        self._received: dict[int, dict[tuple[int, int], np.ndarray]] = {}
+        self._delivered = np.zeros(0, dtype=np.int64)
+        self._history = np.zeros((0, num_workers), dtype=bool)
 
-    resumes_own_loop = True  # `start()` continues after `_done` rounds (fedsim.checkpoint)
+    # The master's state between rounds: x, the models of jobs not yet decoded, the messages
+    # received per job, what each worker delivered and the effective straggler pattern.
+    state_fields = ("_x", "_models", "_received", "_delivered", "_history")
+
+    def encode_field(self, name: str, value: Any) -> Any:
+        if name == "_received":  # job -> [(worker, task, message)]
+            return {job: [(w, t, f) for (w, t), f in messages.items()]
+                    for job, messages in value.items()}
+        return value
+
+    def decode_field(self, name: str, value: Any) -> Any:
+        if name == "_received":
+            return {job: {(w, t): f for w, t, f in messages} for job, messages in value.items()}
+        return value
 
     def scheme_config(self) -> dict[str, int | str]:
         """The ``sgc-*`` config entries from which a worker rebuilds the scheme."""
@@ -617,43 +633,35 @@ class SequentialGradientCodingGD(FedAvg):
                 "sgc-lam": s.lam, "sgc-jobs": s.n_jobs, "sgc-gc": self.gc_scheme,
                 "sgc-code-seed": self.code_seed}
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: EvaluateFn | None = None) -> Result:
+    def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
+                timeout: float | None, config: ConfigRecord) -> None:
         """`num_rounds` = J + T rounds: J gradient jobs, each decoded T rounds after it starts."""
         scheme = self.scheme
         n_jobs = num_rounds - scheme.delay
         if n_jobs < 1:
             raise ValueError(f"rounds ({num_rounds}) must exceed the decoding delay T = "
                              f"{scheme.delay} of {self.kind}")
-        self.scheme = scheme = replace(scheme, n_jobs=n_jobs)
-        config = train_config or ConfigRecord()
-        self._lr = float(config["lr"])
-        clock = clock_for(grid)
-        result = Result(arrays=initial_arrays)
-        if self._done:  # resumed: x, models in flight, received and delivered tasks restored
-            result.arrays = unflatten(self._x, self._like)
-        else:
-            self._x, self._like = flatten(initial_arrays).copy(), initial_arrays
-            self._models: dict[int, ArrayRecord] = {}
-            self._received: dict[int, dict[tuple[int, int], np.ndarray]] = {}
-            self._delivered = scheme.empty_delivered()
-            self._history = np.zeros((0, scheme.n), dtype=bool)
-            if evaluate_fn:
-                evaluate_fn(0, initial_arrays)
-        for r in range(self._done, scheme.n_rounds):
-            if r < n_jobs:
-                self._models[r] = unflatten(self._x, self._like)
-            replies = self._run_round(grid, clock, r, config)
-            arrays, metrics = self.aggregate_train(r + 1, replies)
-            assert arrays is not None and metrics is not None
-            result.arrays = arrays
-            result.train_metrics_clientapp[r + 1] = metrics
-            self._done = r + 1
-            if evaluate_fn and (evaluated := evaluate_fn(r + 1, arrays)) is not None:
-                result.evaluate_metrics_serverapp[r + 1] = evaluated
-        return result
+        self.scheme = replace(scheme, n_jobs=n_jobs)
+        self._config, self._lr = config, float(config["lr"])
+        self._grid, self._clock = grid, clock_for(grid)
+        self._like = initial_arrays
+
+    def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
+        self._x = flatten(initial_arrays).copy()
+        self._models = {}
+        self._received = {}
+        self._delivered = self.scheme.empty_delivered()
+        self._history = np.zeros((0, self.scheme.n), dtype=bool)
+
+    def step(self, n: int) -> StepOutcome:
+        """Round r = n − 1: job r starts on x (while r < J), job r − T is decoded."""
+        r = n - 1
+        if r < self.scheme.n_jobs:
+            self._models[r] = self._x.copy()
+        replies = self._run_round(self._grid, self._clock, r, self._config)
+        arrays, metrics = self.aggregate_train(n, replies)
+        assert arrays is not None and metrics is not None
+        return arrays, metrics
 
     def _run_round(self, grid: Grid, clock: Clock, r: int, config: ConfigRecord
                    ) -> list[Message]:
@@ -664,11 +672,13 @@ class SequentialGradientCodingGD(FedAvg):
         for a in scheme.assignments(r, tasks):
             by_worker.setdefault(a.worker, []).append([a.job, a.task])
         online = {node - NODE_ID_OFFSET for node in grid.get_node_ids()}
+        models = {job: unflatten(self._models[job], self._like)  # each job's model, once
+                  for job in sorted({job for work in by_worker.values() for job, _ in work})}
         messages = []
         for worker, work in sorted(by_worker.items()):
             if worker not in online:
                 continue
-            content = RecordDict({f"x-{job}": self._models[job] for job, _ in work})
+            content = RecordDict({f"x-{job}": models[job] for job, _ in work})
             content["config"] = ConfigRecord({
                 **config, **self.scheme_config(), "server-round": r + 1,
                 "sgc-assignments": json.dumps(work)})

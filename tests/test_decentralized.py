@@ -31,15 +31,15 @@ def _run(topology: str, strategy: str = "dpsgd", centers: list[float] = CENTERS,
     return simulate(s)
 
 
-# --------------------------------------------------------------- spec (f) 3: quadratics
+# --------------------------------------------------------------- quadratics on ring and torus
 
 @pytest.mark.parametrize(("topology", "q", "std"), [
     ("ring", 1, 1.734), ("ring", 4, 0.828),
     ("exponential", 1, 0.289), ("exponential", 4, 0.0076),
     ("complete", 1, 0.0), ("complete", 4, 0.0),
 ])
-def test_network_average_reaches_optimum_and_consensus_std_matches_spec(topology, q, std):
-    """F_i = ½(x−i)², m=10, ρ=0, η=0.1, K=5: std of the x_i at the fixed point (spec table).
+def test_network_average_reaches_optimum_and_consensus_std_matches_reference(topology, q, std):
+    """F_i = ½(x−i)², m=10, ρ=0, η=0.1, K=5: std of the x_i at the fixed point (reference values).
 
     Started at x = mean(c) = 4.5, so only the disagreement has to converge (rate
     0.9^5·λ^Q per round); the network average must stay exactly 4.5 on the way.
@@ -65,7 +65,7 @@ def test_more_gossip_steps_strictly_reduce_consensus_error_on_sparse_graph():
     assert four["train_consensus_distance"] < 0.5 * one["train_consensus_distance"]
 
 
-# --------------------------------------------------------------- spec (f) 2: complete graph
+# --------------------------------------------------------------- complete graph
 
 @pytest.mark.parametrize("centers", [[0.0, 3.0], CENTERS])
 def test_complete_graph_rho0_equals_fedavg_with_full_participation(centers):
@@ -89,7 +89,7 @@ def test_complete_graph_rho0_equals_fedavg_with_full_participation(centers):
     assert np.array_equal(a, b) if exact else np.allclose(a, b, rtol=1e-12, atol=0)
 
 
-# --------------------------------------------------------------- spec (f) 4: SAM step
+# --------------------------------------------------------------- SAM step
 
 def test_one_sam_step_on_half_squared_norm():
     """F = ½‖x‖²: one SAM step from x is x − η(x + ρ x/‖x‖); ρ = 0 is the SGD step."""

@@ -1,4 +1,4 @@
-"""EF21 and its variants, through the real strategies on SimGrid (spec part-b.md §4(f))."""
+"""EF21 and its variants (arXiv 2106.05203, 2110.03294, 2402.10774) on SimGrid."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ TOP2 = {"name": "top_k", "k": 2}
 
 def least_squares(strategy: str, rounds: int, init: str = "zeros",
                   **params: Any):
-    """The spec's check problem: n = 10 least-squares clients, d = 20, heterogeneous scales."""
+    """The check problem: n = 10 least-squares clients, d = 20, heterogeneous scales."""
     data = copy.deepcopy(BASE)
     data.update(task={"name": "least_squares", "params": {"init": init}}, clients={"count": 10},
                 rounds=rounds, evaluation={"centralized_every": 1},

@@ -1,11 +1,14 @@
-"""FedFix-Δt, asynchronous FedAvg, FedBuff: spec part-a §1(f) on the 3-client scalar problem.
+"""FedFix-Δt, asynchronous FedAvg, FedBuff on the 3-client scalar problem.
+
+The checks of Fraboni et al., "A General Theory for Federated Optimization with Asynchronous
+and Heterogeneous Clients Updates", JMLR 2023 (arXiv 2206.10189), on a toy problem:
 
 Clients F_i(θ) = ½(θ − c_i)², c = (0, 1, 2) (true optimum 1.0), job times τ = (1.0, 0.6, 0.2)
 virtual seconds (device speed 1/τ_i samples/s, one sample per local step, ideal links),
 K = 1, η_l = 0.01, η_g = 1, θ0 = 0. Fixed points are the time-weighted mean of θ over the
-last quarter of the virtual-time budget T. The spec used T = 1500-2000; here T is the
-smallest budget where the scheme has converged (time constants: Async ≈ 13 s, FedFix-0.5
-weight ≈ 50 s, FL ≈ 100 s), since every server step is a real simulated client job.
+last quarter of the virtual-time budget T, the smallest budget where the scheme has converged
+(time constants: Async ≈ 13 s, FedFix-0.5 weight ≈ 50 s, FL ≈ 100 s), since every server step
+is a real simulated client job.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gradient coding (spec part-b §3a) and sequential gradient coding (§3b) run on the simulator.
+"""Gradient coding (arXiv 1612.03301) and sequential gradient coding (arXiv 2211.13802) on SimGrid.
 
 The real strategies run through ``fedsim.runner.simulate`` on SimGrid with the ``least_squares``
 task (float64, equal shards), whose objective F(x) = ‖Ax − b‖²/(2N) has the exact gradient

@@ -1,4 +1,4 @@
-"""Sanity checks of spec part-b §3a(f) for gradient coding (Tandon et al., ICML 2017)."""
+"""Sanity checks of gradient coding (Tandon et al., ICML 2017, arXiv 1612.03301)."""
 
 from itertools import combinations
 
@@ -110,7 +110,7 @@ def test_first_decodable_is_the_shortest_decoding_prefix():
 
 
 def test_gc_gradient_descent_matches_plain_gradient_descent():
-    """Spec 3a(f): GC-GD iterates equal plain GD iterates (0 and s stragglers)."""
+    """GC-GD iterates equal plain GD iterates (0 and s stragglers)."""
     rng = np.random.default_rng(2)
     n, s, dim = 6, 2, 4
     features = rng.standard_normal((n, 10, dim))

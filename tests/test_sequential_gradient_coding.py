@@ -1,4 +1,4 @@
-"""Sanity checks of spec part-b §3b(f) for sequential gradient coding (Krishnan et al., 2023)."""
+"""Sanity checks of sequential gradient coding (Krishnan et al., ICLR 2023, arXiv 2211.13802)."""
 
 from collections import defaultdict
 from itertools import product
@@ -58,7 +58,7 @@ def _decode_by_deadlines(scheme: SequentialScheme, pattern, job_partials) -> lis
     return decoded
 
 
-def test_load_formulas_reproduce_the_spec_values():
+def test_load_formulas_reproduce_the_reference_values():
     assert m_sgc_load(256, 1, 2, 27) == pytest.approx(56 / (256 * 29))
     assert round(m_sgc_load(256, 1, 2, 27), 4) == 0.0075  # repo's best M-SGC load
     assert sr_sgc_tolerance(2, 3, 23) == 12
