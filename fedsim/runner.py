@@ -53,6 +53,11 @@ class Diverged(RuntimeError):
     """The global model or loss became NaN/Inf; the message names the round and strategy."""
 
 
+class ClientsFailed(RuntimeError):
+    """Every job of a round that reached a client raised in client code: nothing was learnt,
+    and going on would only repeat it (a bug, not a lossy world)."""
+
+
 log = logging.getLogger("fedsim.run")
 
 
@@ -241,8 +246,9 @@ class _ErrorLog:
         for job, result in zip(jobs, results, strict=True):
             if result.content is None and result.error_reason not in self._seen:
                 self._seen.add(result.error_reason)
-                log.warning("node %d failed: %s (logged once per distinct error)",
-                            job.node_id, result.error_reason)
+                log.warning("node %d failed: %s (logged once per distinct error)%s",
+                            job.node_id, result.error_reason,
+                            f"\n{result.traceback}" if result.traceback else "")
         return results
 
 
@@ -281,7 +287,13 @@ class _RoundRecorder:
         if isinstance(self.grid, SimGrid):
             record["virtual_time_s"] = float(self.grid.now)
             if server_round > 0:
-                record.update(self.grid.end_round().as_metrics())
+                stats = self.grid.end_round()
+                if stats.executed and stats.client_errors == stats.executed:
+                    raise ClientsFailed(
+                        f"round {server_round}: all {stats.executed} client jobs raised in "
+                        f"client code; first error: {stats.first_client_error} (full "
+                        "traceback in the run's flower.log)")
+                record.update(stats.as_metrics())
         record["wall_time_s"] = round(time.perf_counter() - self._started, 4)
         every = self.scenario.evaluation.centralized_every
         evaluated: dict[str, float] = {}
@@ -332,7 +344,7 @@ class _RoundRecorder:
         }
         if "virtual_time_s" in last:
             out["virtual_time_s"] = last["virtual_time_s"]
-        for key in ("bytes_up", "bytes_down", "stragglers", "failures"):
+        for key in ("bytes_up", "bytes_down", "stragglers", "failures", "client_errors"):
             out[f"total_{key}"] = sum(r.get(key, 0) for r in self.records)
         for key in ("accuracy", "loss"):
             if key in last:

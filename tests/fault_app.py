@@ -2,7 +2,8 @@
 
 - node 1001's worker process dies (`os._exit`) when it gets its round-2 train message,
   as a Ray actor killed mid-round would;
-- node 1002's client code raises `ValueError("boom in client")` on every train message.
+- node 1002's client code raises `ValueError("boom in client")` on every train message;
+- `raise_always`: every node's client code raises on every train message.
 
 Only tests use it (`simulate(..., client_app="tests.fault_app:exit_in_round_2")`).
 """
@@ -35,4 +36,11 @@ def raise_on_train(message: Message, context: Context) -> Message:
     """Node 1002's client code raises on every train message."""
     if message.metadata.message_type.startswith("train") and context.node_id == RAISING_NODE:
         raise ValueError("boom in client")
+    return client_app(message, context)
+
+
+def raise_always(message: Message, context: Context) -> Message:
+    """Every node's client code raises on every train message (a bug, not a lossy world)."""
+    if message.metadata.message_type.startswith("train"):
+        raise TypeError("expected Float but found Double")
     return client_app(message, context)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fedsim.cli import app
 from fedsim.results import RunWriter, read_metrics
-from fedsim.runner import Diverged, simulate
+from fedsim.runner import ClientsFailed, Diverged, simulate
 from tests.conftest import quadratic, scenario
 
 
@@ -63,3 +63,29 @@ def test_divergence_through_the_cli_exits_1_keeping_finite_rounds(tmp_path: Path
     from fedsim.checkpoint import load
 
     assert load(run_dir).round == 1  # the last finite round's checkpoint is kept
+
+
+def test_a_round_in_which_every_client_raised_stops_the_run_naming_round_and_error(
+        tmp_path: Path) -> None:
+    s = scenario(rounds=3, clients__count=3)
+    log = tmp_path / "flower.log"
+    with pytest.raises(ClientsFailed, match=r"round 1: all 3 client jobs raised in client code; "
+                                            r"first error: TypeError: expected Float"):
+        simulate(s, log_file=log, client_app="tests.fault_app:raise_always")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "raise_always" in text
+
+
+def test_a_minority_of_raising_clients_is_counted_not_fatal(tmp_path: Path) -> None:
+    result = simulate(scenario(rounds=2, clients__count=3),
+                      client_app="tests.fault_app:raise_on_train")
+    assert [r["client_errors"] for r in result.records[1:]] == [1, 1]
+    assert result.summary["total_client_errors"] == 2
+
+
+@pytest.mark.parametrize("tier", [{"dropout_p": 1.0}, {"uplink": {"erasure_p": 1.0}}])
+def test_simulated_losses_of_every_job_are_not_client_errors(tier: dict) -> None:
+    result = simulate(scenario(rounds=2, clients__count=3,
+                               clients__devices=[{"name": "lossy", **tier}]))
+    assert [r["failures"] for r in result.records[1:]] == [3, 3]
+    assert result.summary["total_client_errors"] == 0

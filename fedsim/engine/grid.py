@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedsim.core.clock import RESOLUTION_S, Clock
-from fedsim.core.keys import WORK_KEY
+from fedsim.core.keys import DROPPED_OUT, LOST_ON_DOWNLINK, LOST_ON_UPLINK, WORK_KEY
 from fedsim.core.schema import ChannelSpec
 from fedsim.core.seeding import int_seed, rng
 from fedsim.engine.channel import add_noise, is_lost, payload_nbytes, transfer_time
@@ -55,6 +55,9 @@ class RoundStats:
     replies: int = 0
     failures: int = 0
     stragglers: int = 0
+    executed: int = 0  # jobs that reached a client's code
+    client_errors: int = 0  # of those, jobs whose client code raised
+    first_client_error: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
     bytes_by_node: dict[int, list[int]] = field(default_factory=dict)  # node -> [up, down]
@@ -68,8 +71,8 @@ class RoundStats:
 
     def as_metrics(self) -> dict[str, int]:
         return {"sent": self.sent, "replies": self.replies, "failures": self.failures,
-                "stragglers": self.stragglers, "bytes_up": self.bytes_up,
-                "bytes_down": self.bytes_down}
+                "stragglers": self.stragglers, "client_errors": self.client_errors,
+                "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
 
 
 @dataclass
@@ -124,7 +127,7 @@ class SimGrid(Grid):
         for message in messages:
             dispatch = self._dispatch(message)
             if dispatch.lost:
-                reply = error_reply(message, ErrorCode.UNKNOWN, "message lost on the downlink")
+                reply = error_reply(message, LOST_ON_DOWNLINK, "message lost on the downlink")
                 self._hold(dispatch, dispatch.start, reply)
                 continue
             if id(message.content) not in payload_index:
@@ -140,6 +143,12 @@ class SimGrid(Grid):
             ))
             executed.append(dispatch)
         results = self.pool.execute(jobs, payloads) if jobs else []
+        self.stats.executed += len(results)
+        for result in results:
+            if result.error_code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
+                self.stats.client_errors += 1
+                self.stats.first_client_error = (self.stats.first_client_error
+                                                 or result.error_reason)
         for dispatch, result in zip(executed, results, strict=True):
             self._complete(dispatch, result)
         return [m.metadata.message_id for m in messages]
@@ -178,14 +187,14 @@ class SimGrid(Grid):
         dropped_at = self.devices.dropout_at(*key)
         if dropped_at is not None:
             self._hold(dispatch, dispatch.start + dropped_at * compute,
-                       error_reply(message, ErrorCode.UNKNOWN, "device dropped out"))
+                       error_reply(message, DROPPED_OUT, "device dropped out"))
             return
         uplink = self.devices.uplink(node, self.channel.uplink)
         nbytes = payload_nbytes(result.content)
         self.stats.count_bytes(node, up=nbytes)
         arrival = dispatch.start + compute + transfer_time(uplink, nbytes)
         if uplink.erasure_p > 0 and is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
-            reply = error_reply(message, ErrorCode.UNKNOWN, "message lost on the uplink")
+            reply = error_reply(message, LOST_ON_UPLINK, "message lost on the uplink")
         else:
             noisy = result.content if uplink.noise_sigma == 0 else add_noise(
                 result.content, uplink.noise_sigma, rng(self.seed, "uplink-noise", *key))

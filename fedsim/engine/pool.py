@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -61,6 +62,7 @@ class JobResult:
     error_code: int = 0
     error_reason: str = ""
     stateful: bool = False  # the node's Context.state holds something: pin it to this worker
+    traceback: str = ""  # where the client code raised, for the run's log
 
 
 @dataclass
@@ -138,7 +140,8 @@ class ClientWorker:
                     log.debug("node %d raised %s", job.node_id, reason)  # the driver logs it
                 results.append(JobResult(job.message_id, None,
                                          ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason,
-                                         stateful=len(context.state) > 0))
+                                         stateful=len(context.state) > 0,
+                                         traceback=traceback.format_exc()))
                 continue
             finally:
                 TaskIdentity.node_id = SUPERLINK_NODE_ID
