@@ -36,7 +36,7 @@ from fedsim.core.clock import RESOLUTION_S, Clock
 from fedsim.core.keys import DROPPED_OUT, LOST_ON_DOWNLINK, LOST_ON_UPLINK, WORK_KEY
 from fedsim.core.schema import ChannelSpec
 from fedsim.core.seeding import int_seed, rng
-from fedsim.engine.channel import add_noise, is_lost, payload_nbytes, transfer_time
+from fedsim.engine.channel import add_noise, is_lost, payload_nbytes
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.pool import Job, JobResult, Pool, error_reply
 
@@ -169,7 +169,7 @@ class SimGrid(Grid):
         self._pushed += 1
         return _Dispatch(
             message=message, node=node, key=key, order=self._pushed,
-            start=self.now + transfer_time(downlink, nbytes),
+            start=self.now + self.devices.job_time(node, self.channel, bytes_down=nbytes).down,
             lost=downlink.erasure_p > 0  # a generator costs ~50 us: only build one if used
             and is_lost(downlink, rng(self.seed, "downlink-loss", *key)),
             downlink_sigma=downlink.noise_sigma,
@@ -183,16 +183,17 @@ class SimGrid(Grid):
                        error_reply(message, result.error_code, result.error_reason))
             return
         work = _reported_work(result.content, message.metadata.message_type)
-        compute = work / self.devices.speed[node] * self.devices.slowdown(*key)
+        nbytes = payload_nbytes(result.content)
+        timing = self.devices.job_time(node, self.channel, work=work, bytes_up=nbytes,
+                                       slowdown=self.devices.slowdown(*key))
         dropped_at = self.devices.dropout_at(*key)
         if dropped_at is not None:
-            self._hold(dispatch, dispatch.start + dropped_at * compute,
+            self._hold(dispatch, dispatch.start + dropped_at * timing.compute,
                        error_reply(message, DROPPED_OUT, "device dropped out"))
             return
         uplink = self.devices.uplink(node, self.channel.uplink)
-        nbytes = payload_nbytes(result.content)
         self.stats.count_bytes(node, up=nbytes)
-        arrival = dispatch.start + compute + transfer_time(uplink, nbytes)
+        arrival = dispatch.start + timing.compute + timing.up
         if uplink.erasure_p > 0 and is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
             reply = error_reply(message, LOST_ON_UPLINK, "message lost on the uplink")
         else:
