@@ -165,7 +165,7 @@ class BurstyStraggling(Spec):
 
     In every window of W rounds at most λ distinct devices (of this tier) straggle, each in one
     burst of at most B consecutive rounds. The pattern is drawn once per tier from the seed,
-    round by round (`strategies.sequential_gradient_coding.sample_bursty_pattern`): a device
+    round by round (`fedsim.engine.stragglers.sample_bursty_pattern`): a device
     proposes to straggle with `continue_prob` after a straggling round, else `start_prob`, and
     the proposal is kept only if the pattern still conforms. Every job of a straggling device in
     that round is slowed by `slowdown`.
