@@ -19,6 +19,7 @@ from flwr.serverapp import ServerApp
 from fedsim import deploy
 from fedsim.core import client
 from fedsim.core.schema import Scenario, scenario_to_dict
+from fedsim.core.services import PARTITION_QUERY
 from fedsim.core.task import Task
 from fedsim.engine.tasks import make_task
 from strategies import client_actions
@@ -47,6 +48,7 @@ client.use_task_source(task_from_run_config)
 client_app = ClientApp()
 client_app.train()(client.train)
 client_app.evaluate()(client.evaluate)
+client_app.query(PARTITION_QUERY.split(".")[1])(client.partition_info)
 for _message_type, _function in client_actions().items():
     _category, _action = _message_type.split(".")
     getattr(client_app, _category)(_action)(_function)

@@ -9,6 +9,7 @@ the scenario file named in the run config (`scenario`, from
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from pathlib import Path
@@ -43,6 +44,7 @@ def scenario_from_run_config(run_config: dict[str, Any]) -> Scenario:
 
 def serve(grid: Grid, context: Context) -> None:
     """The ServerApp's main: run the scenario's strategy on Flower's real grid."""
+    from fedsim.core.services import DeployedServices
     from fedsim.engine.tasks import make_task
     from fedsim.results import RunWriter
     from fedsim.runner import execute
@@ -50,27 +52,91 @@ def serve(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(context.run_config)
     out_dir = Path(str(context.run_config.get("out-dir", "") or
                        scenario.output.dir / f"{scenario.name}-deployed"))
-    result = execute(scenario, grid, make_task(scenario), [RunWriter(out_dir)])
+    services = DeployedServices.query(grid, expected=scenario.clients.count)
+    task = make_task(scenario, services.partitions.num_partitions)
+    result = execute(scenario, grid, task, services, [RunWriter(out_dir)])
     log.info("fedsim summary: %s", json.dumps(result.summary))
     log.info("fedsim run directory: %s", out_dir)
 
 
-def superlink_command(port: int = 8000, insecure: bool = True) -> str:
-    """The SuperLink: one HTTP port (flwr 1.4x) for the fleet, the control API and runs."""
-    security = "--insecure" if insecure else (
-        "--ssl-ca-certfile certificates/ca.crt --ssl-certfile certificates/server.pem "
-        "--ssl-keyfile certificates/server.key")
+CERTIFICATES = "docker/certificates"
+"""Where `docker/generate_certs.sh` writes the CA and the SuperLink's certificate and key."""
+KEYS = "docker/keys"
+"""Where `docker/generate_node_keys.sh` writes the SuperNodes' authentication key pairs."""
+LOOPBACK = "127.0.0.1"
+
+
+def parse_superlink(address: str) -> tuple[str, int]:
+    """`host:port` (or `[ipv6]:port`) -> (host, port); ValueError says what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]"):
+        raise ValueError(f"{address!r}: give host:port, e.g. 192.168.1.10:8000")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{address!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (as in --superlink, brackets allowed) names this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_san(host: str) -> str:
+    """The subjectAltName entry that makes the SuperLink's certificate valid for `host`."""
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"DNS:{host}"
+    return f"IP:{host}"
+
+
+def superlink_command(port: int = 8000, insecure: bool = False, host: str = LOOPBACK,
+                      certificates: str = CERTIFICATES) -> str:
+    """The SuperLink, listening on `host`: one HTTPS port (flwr 1.4x) serves the Fleet API
+    (SuperNodes), the Control API (`flwr run`/`ls`/`supernode register`) and the runtime API.
+
+    Secure by default: TLS with the certificates of `docker/generate_certs.sh` and SuperNode
+    authentication (only SuperNodes whose public key was registered may connect). `insecure`
+    (plain HTTP, anyone who reaches the port may join or submit runs) always binds 127.0.0.1.
+    """
+    if insecure:
+        security, host = "--insecure", LOOPBACK
+    else:
+        security = (f"--ssl-ca-certfile {certificates}/ca.crt "
+                    f"--ssl-certfile {certificates}/server.pem "
+                    f"--ssl-keyfile {certificates}/server.key --enable-supernode-auth")
     return (f"flower-superlink {security} --disable-runtime-dependency-installation "
-            f"--host 0.0.0.0 --port {port}")
+            f"--host {host.strip('[]')} --port {port}")
 
 
-def supernode_commands(num_nodes: int, superlink: str = "127.0.0.1:8000",
-                       insecure: bool = True, first_port: int = 9094) -> list[str]:
-    """One `flower-supernode` command per device, each with its partition of the data.
+def supernode_commands(num_nodes: int, superlink: str = f"{LOOPBACK}:8000",
+                       insecure: bool = False, first_port: int = 9094,
+                       certificates: str = CERTIFICATES, keys: str = KEYS) -> list[str]:
+    """One `flower-supernode` command per device, each with its partition of the data and,
+    unless `insecure`, the CA to verify the SuperLink with and its own authentication key.
 
     `first_port + i` is node i's local runtime port; on separate devices they may all be equal.
     """
-    security = "--insecure" if insecure else "--root-certificates certificates/ca.crt"
-    return [f"flower-supernode {security} --superlink {superlink} --port {first_port + i} "
+    def security(i: int) -> str:
+        if insecure:
+            return "--insecure"
+        return (f"--root-certificates {certificates}/ca.crt "
+                f"--auth-supernode-private-key {keys}/supernode-{i}")
+
+    return [f"flower-supernode {security(i)} --superlink {superlink} --port {first_port + i} "
             f'--node-config "partition-id={i} num-partitions={num_nodes}"'
             for i in range(num_nodes)]
+
+
+def register_command(num_nodes: int, connection: str = "fedsim", keys: str = KEYS) -> str:
+    """Register every SuperNode's public key with a SuperLink run with --enable-supernode-auth
+    (one shell loop; a SuperNode whose key is not registered is refused)."""
+    return (f"for i in $(seq 0 {num_nodes - 1}); do "
+            f"flwr supernode register {keys}/supernode-$i.pub {connection}; done")

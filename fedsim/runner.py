@@ -32,11 +32,13 @@ from fedsim.core.codec import arrays_to_model, flatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.schema import Scenario, ScenarioError, scenario_to_dict
 from fedsim.core.seeding import int_seed
+from fedsim.core.services import GridServices
 from fedsim.core.task import Task
 from fedsim.core.training import TrainConfig
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.grid import SimGrid
 from fedsim.engine.pool import WorkerSpec, make_pool
+from fedsim.engine.services import SimServices
 from fedsim.engine.tasks import make_task
 from fedsim.results import Callback
 from strategies import BuildContext, build_strategy
@@ -101,23 +103,23 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
                        Run.create_empty(RUN_ID))
         with _waiting_in_virtual_time(grid), flower_log_to(log_file):
-            return execute(scenario, grid, task, callbacks, devices=devices,
+            return execute(scenario, grid, task, SimServices(grid), callbacks, devices=devices,
                            checkpointer=checkpointer, resume_from=checkpoint)
     finally:
         pool.shutdown()
 
 
-def execute(scenario: Scenario, grid: Grid, task: Task, callbacks: Sequence[Callback] = (),
-            devices: DevicePopulation | None = None,
+def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
+            callbacks: Sequence[Callback] = (), devices: DevicePopulation | None = None,
             checkpointer: ckpt.Checkpointer | None = None,
             resume_from: ckpt.Checkpoint | None = None) -> RunResult:
-    """Run the scenario's strategy on `grid` (simulated or deployed)."""
+    """Run the scenario's strategy on `grid` (simulated or deployed) with its `services`."""
     random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
     for callback in callbacks:
         callback.on_run_start(scenario)
     try:
-        strategy = build_strategy(scenario, BuildContext(scenario, scenario.clients.count,
-                                                         task, devices))
+        strategy = build_strategy(scenario, BuildContext(
+            scenario, services.partitions.num_partitions, task, devices, services))
     except ValueError as exc:  # a builder's plain check of the scenario
         if type(exc) is not ValueError:  # ScenarioError, TopologyError: already one line
             raise
@@ -246,8 +248,8 @@ class _ErrorLog:
         for job, result in zip(jobs, results, strict=True):
             if result.content is None and result.error_reason not in self._seen:
                 self._seen.add(result.error_reason)
-                log.warning("node %d failed: %s (logged once per distinct error)%s",
-                            job.node_id, result.error_reason,
+                log.warning("partition %d (node %d) failed: %s (logged once per distinct "
+                            "error)%s", job.partition_id, job.node_id, result.error_reason,
                             f"\n{result.traceback}" if result.traceback else "")
         return results
 

@@ -20,6 +20,7 @@ from flwr.app import Context, Message
 from pydantic import BaseModel, ValidationError
 
 from fedsim.core.schema import Scenario, ScenarioError, describe_error
+from fedsim.core.services import GridServices
 from fedsim.core.task import Task
 
 if TYPE_CHECKING:
@@ -37,9 +38,10 @@ class BuildContext:
     """What a builder may use besides its parameters."""
 
     scenario: Scenario
-    num_nodes: int
+    num_nodes: int  # partitions in the federation (what the nodes report, when deployed)
     task: Task  # the run's task, built once by the composition root
     devices: Any = None  # the simulated device population; None on a deployed grid
+    services: GridServices | None = None  # None: the strategy asks the grid (`services_for`)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """A ClientApp for fault-injection tests: the project's app, with scripted crashes.
 
-- node 1001's worker process dies (`os._exit`) when it gets its round-2 train message,
+- partition 1's worker process dies (`os._exit`) when it gets its round-2 train message,
   as a Ray actor killed mid-round would;
-- node 1002's client code raises `ValueError("boom in client")` on every train message;
+- partition 2's client code raises `ValueError("boom in client")` on every train message;
 - `raise_always`: every node's client code raises on every train message.
 
 Only tests use it (`simulate(..., client_app="tests.fault_app:exit_in_round_2")`).
@@ -16,7 +16,11 @@ from flwr.app import Context, Message
 
 from fedsim.apps import client_app
 
-DYING_NODE, RAISING_NODE = 1001, 1002
+DYING_PARTITION, RAISING_PARTITION = 1, 2  # node ids are opaque: go by partition
+
+
+def _partition(context: Context) -> int:
+    return int(context.node_config["partition-id"])
 
 
 def _server_round(message: Message) -> int:
@@ -25,16 +29,17 @@ def _server_round(message: Message) -> int:
 
 
 def exit_in_round_2(message: Message, context: Context) -> Message:
-    """Kill this worker's process in the middle of round 2 (node 1001's train job)."""
+    """Kill this worker's process in the middle of round 2 (partition 1's train job)."""
     train = message.metadata.message_type.startswith("train")
-    if train and context.node_id == DYING_NODE and _server_round(message) == 2:
+    if train and _partition(context) == DYING_PARTITION and _server_round(message) == 2:
         os._exit(1)
     return client_app(message, context)
 
 
 def raise_on_train(message: Message, context: Context) -> Message:
-    """Node 1002's client code raises on every train message."""
-    if message.metadata.message_type.startswith("train") and context.node_id == RAISING_NODE:
+    """Partition 2's client code raises on every train message."""
+    train = message.metadata.message_type.startswith("train")
+    if train and _partition(context) == RAISING_PARTITION:
         raise ValueError("boom in client")
     return client_app(message, context)
 

@@ -11,7 +11,7 @@ from flwr.supercore.run import Run
 
 from fedsim.core.codec import flatten
 from fedsim.engine.devices import DevicePopulation
-from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
+from fedsim.engine.grid import SimGrid
 from fedsim.engine.pool import InlinePool, WorkerSpec
 from fedsim.engine.tasks import make_task
 from fedsim.runner import CLIENT_APP, RunStalled, run_config, simulate
@@ -151,7 +151,7 @@ def test_a_bernoulli_zero_device_never_appears_online():
         {"name": "never", "share": 1, "availability": {"kind": "bernoulli", "p": 0.0}},
         {"name": "always", "share": 3}]})
     grid = _grid(s)
-    never = {int(i) + NODE_ID_OFFSET for i in np.flatnonzero(grid.devices.tier_of == 0)}
+    never = {int(grid.node_ids[i]) for i in np.flatnonzero(grid.devices.tier_of == 0)}
     assert len(never) == 5
     for _ in range(50):
         online = set(grid.get_node_ids())
@@ -214,3 +214,14 @@ def test_federated_evaluation_runs_only_every_k_rounds():
     evaluated = [r["round"] for r in records if "federated_accuracy" in r]
     assert evaluated == [2, 4]
     assert all("accuracy" not in r for r in records)  # no centralized evaluation
+
+
+def test_node_ids_are_opaque_random_64_bit_integers_fixed_by_the_seed():
+    s = scenario(clients={"count": 2000})
+    ids = _grid(s).get_node_ids()
+    assert len(set(ids)) == 2000 and all(2 <= i < 2**64 for i in ids)
+    assert max(ids) >= 2**63  # as on a SuperLink, some do not fit a signed 64-bit integer
+    assert ids == _grid(s).get_node_ids()  # same seed, same ids
+    assert ids != _grid(scenario(clients={"count": 2000}, seed=1)).get_node_ids()
+    partitions = _grid(s).partition_map()
+    assert [partitions.partition_of(i) for i in ids] == list(range(2000))

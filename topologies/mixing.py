@@ -198,3 +198,12 @@ def consensus_distance(X: np.ndarray) -> float:
     X = np.asarray(X, dtype=float)
     rows = X.reshape(X.shape[0], -1)
     return float(np.mean(np.sum((rows - rows.mean(axis=0)) ** 2, axis=1)))
+
+
+def mix_active(X: np.ndarray, W: np.ndarray, active: np.ndarray, received: np.ndarray,
+                on_missing: OnMissing, noise: dict[tuple[int, int], np.ndarray] | None
+                ) -> np.ndarray:
+    """A gossip step in which inactive nodes keep their vectors and send nothing."""
+    mixed = mix_step(X, W, received, on_missing, noise)
+    np.copyto(mixed, X, where=~active[:, None])
+    return mixed

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim.core.codec import model_to_arrays
 from fedsim.core.keys import WORK_KEY
@@ -71,3 +71,12 @@ def evaluate(message: Message, context: Context) -> Message:
     data = task.test_data(partition)
     metrics = task.evaluate(model, data) if len(data) else {}
     return reply(message, **{"num-examples": len(data), **metrics})
+
+
+def partition_info(message: Message, context: Context) -> Message:
+    """Answer the partition query (`fedsim.core.services.PARTITION_QUERY`): which data
+    partition this node holds, of how many, as its `--node-config` says."""
+    config = context.node_config
+    answer = ConfigRecord({"partition-id": int(config["partition-id"]),
+                           "num-partitions": int(config["num-partitions"])})
+    return Message(RecordDict({"partition": answer}), reply_to=message)

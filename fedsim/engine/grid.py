@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
@@ -36,6 +37,7 @@ from fedsim.core.clock import RESOLUTION_S, Clock
 from fedsim.core.keys import DROPPED_OUT, LOST_ON_DOWNLINK, LOST_ON_UPLINK, WORK_KEY
 from fedsim.core.schema import ChannelSpec
 from fedsim.core.seeding import int_seed, rng
+from fedsim.core.services import PartitionMap
 from fedsim.engine.channel import add_noise, is_lost, payload_nbytes
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.pool import Job, JobResult, Pool, error_reply
@@ -43,8 +45,22 @@ from fedsim.engine.pool import Job, JobResult, Pool, error_reply
 EVAL_COST = 1 / 3
 """Cost of evaluating one sample relative to training on it (forward pass only)."""
 
-NODE_ID_OFFSET = 1000
-"""Node ids are partition ids plus this offset (Flower reserves small ids)."""
+
+NODE_ID_OFFSET = 1000  # TEMPORARY: removed once no strategy does arithmetic on node ids
+
+
+def random_node_ids(seed: int, n: int) -> np.ndarray:
+    """n distinct node ids drawn like a SuperLink's: random 64-bit integers, from the seed.
+
+    Nothing may read a partition from an id (ids above 2^63 included), so every test of a
+    strategy on SimGrid checks that it treats ids as opaque.
+    """
+    draw = rng(seed, "node-ids")
+    ids = np.unique(draw.integers(2, 2**64, size=n, dtype=np.uint64, endpoint=False))
+    while ids.size < n:  # a collision among 2^64 values: draw the missing ones again
+        more = draw.integers(2, 2**64, size=n - ids.size, dtype=np.uint64, endpoint=False)
+        ids = np.unique(np.concatenate([ids, more]))
+    return draw.permutation(ids)  # unique() sorted them; ids carry no order either
 
 
 @dataclass
@@ -92,6 +108,8 @@ class SimGrid(Grid):
         self.channel = channel
         self.seed = seed
         self._run = run
+        self.node_ids = random_node_ids(seed, devices.n)  # node i holds partition i
+        self._partition_of = {int(node): i for i, node in enumerate(self.node_ids)}
         self.now = 0.0
         self.round = 0
         self.stats = RoundStats()
@@ -113,9 +131,13 @@ class SimGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> list[int]:
-        """Nodes online in the current round, in a fixed order."""
+        """Nodes online in the current round, in partition order."""
         online = self.devices.available(self.round)
-        return (online.nonzero()[0] + NODE_ID_OFFSET).tolist()  # vectorised: 100k nodes in ~1 ms
+        return self.node_ids[online].tolist()  # vectorised: 100k nodes in ~1 ms
+
+    def partition_map(self) -> PartitionMap:
+        """Which partition each node holds (the simulator knows it without asking)."""
+        return PartitionMap(self._partition_of, self.devices.n)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver messages to their devices now; replies arrive later in virtual time."""
@@ -156,8 +178,8 @@ class SimGrid(Grid):
     def _dispatch(self, message: Message) -> _Dispatch:
         """Give the message an id, count its bytes, time its downlink, draw its loss."""
         message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-        node = message.metadata.dst_node_id - NODE_ID_OFFSET
-        if not 0 <= node < self.devices.n:
+        node = self._partition_of.get(message.metadata.dst_node_id)
+        if node is None:
             raise ValueError(f"message for unknown node id {message.metadata.dst_node_id}")
         job_no = self._jobs_this_round.get(node, 0)
         self._jobs_this_round[node] = job_no + 1
@@ -248,6 +270,10 @@ class SimGrid(Grid):
         """Virtual time of the earliest pending reply among `message_ids`, if any."""
         times = [f.arrival for mid in message_ids if (f := self._in_flight.get(mid))]
         return min(times) if times else None
+
+    def count_stragglers(self, n: int) -> None:
+        """Replies a strategy stopped waiting for (outside `send_and_receive`)."""
+        self.stats.stragglers += n
 
     def record_exchanges(self, duration: float, bytes_by_node: dict[int, tuple[int, int]]
                          ) -> None:

@@ -30,9 +30,9 @@ on the nodes that take part, and so keeps their average. Inactive nodes (not
 available or not replying this round) neither send nor receive: their vector is
 unchanged and, to their neighbours, they look like lost messages.
 
-On a grid that is not a :class:`~fedsim.engine.grid.SimGrid` (a deployed Flower grid) the
-server relays the vectors: no noise, no loss, no virtual time; bytes are counted
-only by a grid that records exchanges.
+On a deployed grid the server relays the vectors instead (no noise, no loss, no time:
+`fedsim.core.services.DeployedServices.gossip`); the rows are mixed by the same
+`topologies.mixing.mix_active`.
 
 Randomness: loss and noise of the exchange ``sender -> receiver`` in gossip step
 ``step`` of round ``round`` come from ``rng(seed, "gossip-loss"|"gossip-noise",
@@ -41,41 +41,17 @@ round, step, sender, receiver)``, so they do not depend on the order of evaluati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
-from fedsim.core.schema import LinkSpec
 from fedsim.core.seeding import rng
+from fedsim.core.services import GossipReport
 from fedsim.engine.channel import transfer_time
 from fedsim.engine.grid import SimGrid
-from topologies.mixing import OnMissing, mix_step
-
-
-@dataclass(frozen=True)
-class GossipReport:
-    """What Q gossip steps cost on the links."""
-
-    duration_s: float
-    """Virtual seconds: the sum over steps of each step's slowest transfer."""
-    exchanges: int
-    """Neighbour messages sent (Q · Σ_i deg_active(i))."""
-    lost: int
-    """Of those, erased on the link."""
-    bytes_sent: int
-    """Payload bytes of all exchanges (what the senders' uplinks carried)."""
-
-
-def gossip_links(grid: Any, num_nodes: int) -> list[LinkSpec] | None:
-    """The sender uplinks of a SimGrid's nodes; None for a relaying (deployed) grid."""
-    if not isinstance(grid, SimGrid):
-        return None
-    return [grid.devices.uplink(node, grid.channel.uplink) for node in range(num_nodes)]
+from topologies.mixing import OnMissing, mix_active
 
 
 def gossip_over_links(
-    grid: Any,
+    grid: SimGrid,
     X: np.ndarray,
     W: np.ndarray,
     active: np.ndarray,
@@ -95,20 +71,17 @@ def gossip_over_links(
     arrays; only a link with erasure or noise costs a keyed draw per exchange.
     """
     num_nodes = W.shape[0]
-    links = gossip_links(grid, num_nodes)
-    seed = getattr(grid, "seed", 0) if seed is None else seed
+    links = [grid.devices.uplink(node, grid.channel.uplink) for node in range(num_nodes)]
+    seed = grid.seed if seed is None else seed
     adjacency = (W > 0) & ~np.eye(num_nodes, dtype=bool)
     talks = adjacency & active[:, None] & active[None, :]  # talks[i, j]: j sends to i
     receivers, senders = np.nonzero(talks)  # receiver-major, senders increasing: as a loop
     num_exchanges = int(receivers.size)
-    slowest, may_lose = 0.0, np.zeros(0, dtype=np.int64)
-    erasure = sigma = np.zeros(num_nodes)
-    if links is not None:
-        link_time = np.array([transfer_time(link, model_nbytes) for link in links])
-        erasure = np.array([link.erasure_p for link in links])
-        sigma = np.array([link.noise_sigma for link in links])
-        slowest = float(link_time[senders].max()) if num_exchanges else 0.0
-        may_lose = np.flatnonzero(erasure[senders] > 0)
+    link_time = np.array([transfer_time(link, model_nbytes) for link in links])
+    erasure = np.array([link.erasure_p for link in links])
+    sigma = np.array([link.noise_sigma for link in links])
+    slowest = float(link_time[senders].max()) if num_exchanges else 0.0
+    may_lose = np.flatnonzero(erasure[senders] > 0)
     sent_by = np.bincount(senders, minlength=num_nodes) * steps
     got_by = np.zeros(num_nodes, dtype=np.int64)
     duration, exchanges, lost, bytes_sent = 0.0, 0, 0, 0
@@ -118,10 +91,6 @@ def gossip_over_links(
         noise: dict[tuple[int, int], np.ndarray] = {}
         exchanges += num_exchanges
         bytes_sent += num_exchanges * model_nbytes
-        if links is None:
-            got_by += np.bincount(receivers, minlength=num_nodes)
-            mixed = _mix_active(mixed, W, active, received, on_missing, None)
-            continue
         arrives = np.ones(num_exchanges, dtype=bool)
         for e in may_lose:
             i, j = int(receivers[e]), int(senders[e])
@@ -135,19 +104,9 @@ def gossip_over_links(
             draw = rng(seed, "gossip-noise", round_, step, j, i).standard_normal(
                 mixed.shape[1]) * links[j].noise_sigma
             noise[(j, i)] = draw if float_mask is None else draw * float_mask
-        mixed = _mix_active(mixed, W, active, received, on_missing, noise or None)
+        mixed = mix_active(mixed, W, active, received, on_missing, noise or None)
         duration += slowest
-    if isinstance(grid, SimGrid):
-        grid.record_exchanges(duration, {
-            int(node): (int(sent_by[node]) * model_nbytes, int(got_by[node]) * model_nbytes)
-            for node in np.flatnonzero(sent_by + got_by)})
+    grid.record_exchanges(duration, {
+        int(node): (int(sent_by[node]) * model_nbytes, int(got_by[node]) * model_nbytes)
+        for node in np.flatnonzero(sent_by + got_by)})
     return mixed, GossipReport(duration, exchanges, lost, bytes_sent)
-
-
-def _mix_active(X: np.ndarray, W: np.ndarray, active: np.ndarray, received: np.ndarray,
-                on_missing: OnMissing, noise: dict[tuple[int, int], np.ndarray] | None
-                ) -> np.ndarray:
-    """A gossip step in which inactive nodes keep their vectors and send nothing."""
-    mixed = mix_step(X, W, received, on_missing, noise)
-    np.copyto(mixed, X, where=~active[:, None])
-    return mixed
