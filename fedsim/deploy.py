@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,18 @@ def scenario_path(name: str) -> Path:
 
 
 def scenario_from_run_config(run_config: dict[str, Any]) -> Scenario:
-    """The scenario of a deployed run; `rounds` in the run config overrides the file's."""
-    overrides = [f"rounds={run_config['rounds']}"] if "rounds" in run_config else []
+    """The scenario of a deployed run; `rounds` (> 0) in the run config overrides the file's."""
+    rounds = int(run_config.get("rounds", 0) or 0)
+    overrides = [f"rounds={rounds}"] if rounds > 0 else []
     return load_scenario(scenario_path(str(run_config["scenario"])), overrides)
 
 
 def serve(grid: Grid, context: Context) -> None:
-    """The ServerApp's main: run the scenario's strategy on Flower's real grid."""
+    """The ServerApp's main: run the scenario's strategy on Flower's real grid.
+
+    A run that fails records it in its run directory (`error.txt`) and says so on stderr;
+    `flwr run` itself still exits 0 (Flower reports a ServerApp's failure in its logs).
+    """
     from fedsim.core.services import DeployedServices
     from fedsim.engine.tasks import make_task
     from fedsim.results import RunWriter
@@ -52,9 +58,22 @@ def serve(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(context.run_config)
     out_dir = Path(str(context.run_config.get("out-dir", "") or
                        scenario.output.dir / f"{scenario.name}-deployed"))
-    services = DeployedServices.query(grid, expected=scenario.clients.count)
-    task = make_task(scenario, services.partitions.num_partitions)
-    result = execute(scenario, grid, task, services, [RunWriter(out_dir)])
+    timeout = scenario.deploy.reply_timeout_s
+    if scenario.deadline_s is not None and timeout is None:
+        log.warning("deadline_s (%s virtual seconds) applies to simulation only; deployed, "
+                    "the server waits for every reply (set deploy.reply_timeout_s to cut "
+                    "stragglers in wall-clock seconds)", scenario.deadline_s)
+    try:
+        services = DeployedServices.query(grid, timeout_s=timeout,
+                                          expected=scenario.clients.count)
+        task = make_task(scenario, services.partitions.num_partitions)
+        result = execute(scenario, grid, task, services, [RunWriter(out_dir)], timeout=timeout)
+    except Exception as exc:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "error.txt").write_text(f"failed: {type(exc).__name__}: {exc}\n")
+        print(f"fedsim: the deployed run failed ({type(exc).__name__}: {exc}); "
+              f"see {out_dir / 'error.txt'}", file=sys.stderr)
+        raise
     log.info("fedsim summary: %s", json.dumps(result.summary))
     log.info("fedsim run directory: %s", out_dir)
 

@@ -103,17 +103,24 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
                        Run.create_empty(RUN_ID))
         with _waiting_in_virtual_time(grid), flower_log_to(log_file):
-            return execute(scenario, grid, task, SimServices(grid), callbacks, devices=devices,
+            return execute(scenario, grid, task, SimServices(grid), callbacks,
+                           timeout=scenario.deadline_s, devices=devices,
                            checkpointer=checkpointer, resume_from=checkpoint)
     finally:
         pool.shutdown()
 
 
 def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
-            callbacks: Sequence[Callback] = (), devices: DevicePopulation | None = None,
+            callbacks: Sequence[Callback] = (), timeout: float | None = None,
+            devices: DevicePopulation | None = None,
             checkpointer: ckpt.Checkpointer | None = None,
             resume_from: ckpt.Checkpoint | None = None) -> RunResult:
-    """Run the scenario's strategy on `grid` (simulated or deployed) with its `services`."""
+    """Run the scenario's strategy on `grid` (simulated or deployed) with its `services`.
+
+    `timeout` is how long a round waits for replies in the grid's own time: the scenario's
+    `deadline_s` in virtual seconds on SimGrid, `deploy.reply_timeout_s` on real devices
+    (None: wait for every reply).
+    """
     random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
     for callback in callbacks:
         callback.on_run_start(scenario)
@@ -145,7 +152,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
     if num_rounds > 0:
         result = driven.start(
             grid, arrays, num_rounds=num_rounds,
-            timeout=scenario.deadline_s,  # type: ignore[arg-type]  # None: wait for all
+            timeout=timeout,  # type: ignore[arg-type]  # None: wait for all
             train_config=TrainConfig.from_spec(scenario.training).to_record(),
             evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
         final = result.arrays if result.arrays is not None else arrays
@@ -347,7 +354,8 @@ class _RoundRecorder:
         if "virtual_time_s" in last:
             out["virtual_time_s"] = last["virtual_time_s"]
         for key in ("bytes_up", "bytes_down", "stragglers", "failures", "client_errors"):
-            out[f"total_{key}"] = sum(r.get(key, 0) for r in self.records)
+            if any(key in r for r in self.records):  # a real grid keeps no such counters
+                out[f"total_{key}"] = sum(r.get(key, 0) for r in self.records)
         for key in ("accuracy", "loss"):
             if key in last:
                 out[f"final_{key}"] = last[key]

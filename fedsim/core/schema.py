@@ -296,6 +296,14 @@ class CheckpointSpec(Spec):
     every: int = Field(default=0, ge=0, le=MAX_ROUNDS, description="rounds between checkpoints")
 
 
+class DeploySpec(Spec):
+    """How the same run behaves on real devices (`flwr run`), where time is wall-clock time."""
+
+    reply_timeout_s: float | None = Field(
+        default=None, gt=0, description="wall-clock seconds the server waits for replies in a "
+        "round (null: wait for every node); `deadline_s` is virtual time and is not used here")
+
+
 class Scenario(Spec):
     name: str = Field(min_length=1)
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -311,6 +319,7 @@ class Scenario(Spec):
     output: OutputSpec = OutputSpec()
     topology: TopologySpec | None = Field(default=None, description="for decentralized strategies")
     checkpoint: CheckpointSpec = CheckpointSpec()
+    deploy: DeploySpec = DeploySpec()
 
 
 def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
