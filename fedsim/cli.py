@@ -278,29 +278,71 @@ def report(
 @app.command()
 def deploy(
     scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", show_default=False)],
-    superlink: Annotated[str, typer.Option(help="host:port the devices reach the SuperLink at."
-                                           )] = "127.0.0.1:8000",
-    tls: Annotated[bool, typer.Option(help="Use docker/certificates instead of --insecure.")
-               ] = False,
+    superlink: Annotated[str, typer.Option(
+        help="host:port the devices reach the SuperLink at; the SuperLink listens on that host "
+             "(127.0.0.1 unless you name one).")] = "127.0.0.1:8000",
+    bind: Annotated[str | None, typer.Option(
+        help="Address the SuperLink listens on instead of the --superlink host (e.g. 0.0.0.0 "
+             "behind NAT or in a container).", show_default=False)] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="No TLS, no node authentication, 127.0.0.1 only: a quick local try. "
+                           "Anyone reaching the port could join or submit runs.")] = False,
 ) -> None:
-    """Print the commands that run a scenario on real devices with Flower."""
-    from fedsim.deploy import superlink_command, supernode_commands
+    """Print the commands that run a scenario on real devices with Flower.
 
+    By default: TLS (docker/generate_certs.sh) and SuperNode authentication
+    (docker/generate_node_keys.sh, `flwr supernode register`).
+    """
+    from fedsim.deploy import (
+        is_loopback,
+        parse_superlink,
+        register_command,
+        server_san,
+        superlink_command,
+        supernode_commands,
+    )
+
+    try:
+        host, port = parse_superlink(superlink)
+    except ValueError as exc:
+        fail(f"--superlink {exc}")
+    if insecure and not (is_loopback(host) and bind in (None, "127.0.0.1", "localhost")):
+        fail(f"--insecure serves plain HTTP to anyone who reaches the port, so it stays on "
+             f"127.0.0.1; for --superlink {superlink} drop --insecure (TLS + node authentication)")
     scenario = load_or_fail(scenario_file, None)
-    host, _, port = superlink.rpartition(":")
     n = scenario.clients.count
-    security = "insecure = true" if not tls else 'root-certificates = "docker/certificates/ca.crt"'
-    console.print(f"# 1. on the server\n{superlink_command(int(port), insecure=not tls)}\n",
-                  highlight=False, markup=False, soft_wrap=True)
-    console.print(f"# 2. on each of the {n} devices (device i runs line i)",
-                  highlight=False, markup=False)
-    for line in supernode_commands(n, superlink, insecure=not tls):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-    console.print(f'\n# 3. on your machine: add to $FLWR_HOME/config.toml (default ~/.flwr)\n'
-                  f'[superlink.fedsim]\naddress = "{host}:{port}"\n{security}\n\n'
-                  f"# 4. submit the run from the project directory\n"
-                  f"flwr run . fedsim --stream -c 'scenario=\"{scenario_file}\"'",
-                  highlight=False, markup=False, soft_wrap=True)
+
+    def line(text: str) -> None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    if insecure:
+        line("# WARNING: --insecure: no TLS, no node authentication, bound to 127.0.0.1; "
+            "for a quick local try only")
+        line(f"# 1. start the SuperLink\n{superlink_command(port, insecure=True)}\n")
+        line(f"# 2. start the {n} SuperNodes (one line each)")
+        for command in supernode_commands(n, f"127.0.0.1:{port}", insecure=True):
+            line(command)
+        line(f'\n# 3. add to $FLWR_HOME/config.toml (default ~/.flwr)\n'
+            f'[superlink.fedsim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    else:
+        san = "" if is_loopback(host) else f'SERVER_SAN="{server_san(host)}" '
+        line(f"# 1. on your machine, from the project directory: a CA, the SuperLink's "
+            f"certificate, one authentication key pair per device\n"
+            f"{san}docker/generate_certs.sh   # -> docker/certificates/\n"
+            f"docker/generate_node_keys.sh {n}   # -> docker/keys/\n")
+        line(f"# 2. on the server (copy docker/certificates/ca.crt, server.pem, server.key; "
+            f"never ca.key)\n{superlink_command(port, host=bind or host)}\n")
+        line(f"# 3. on your machine: add to $FLWR_HOME/config.toml (default ~/.flwr), then "
+            f'register each device\'s public key\n[superlink.fedsim]\naddress = "{superlink}"\n'
+            f'root-certificates = "docker/certificates/ca.crt"\n')
+        line(register_command(n))
+        line(f"\n# 4. on each of the {n} devices (device i runs line i; copy "
+            f"docker/certificates/ca.crt and its own docker/keys/supernode-i)")
+        for command in supernode_commands(n, superlink):
+            line(command)
+        line("")
+    line(f"# submit the run from the project directory\n"
+        f"flwr run . fedsim --stream -c 'scenario=\"{scenario_file}\"'")
 
 
 def main() -> None:  # pragma: no cover - console entry point

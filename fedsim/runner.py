@@ -122,6 +122,12 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
     (None: wait for every reply).
     """
     random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
+    arrays, num_rounds, offset = task.initial_arrays(), scenario.rounds, 0
+    if resume_from is not None:  # refused before anything is written or restored
+        if resume_from.scenario != scenario_to_dict(scenario):
+            raise ckpt.CheckpointError("the checkpoint was written for a different scenario "
+                                       "(resume with the run directory's resolved.yaml)")
+        ckpt.check_arrays(resume_from, arrays)
     for callback in callbacks:
         callback.on_run_start(scenario)
     try:
@@ -136,9 +142,8 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
             f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
             "without a resume path (`resumes_own_loop`); set checkpoint.every: 0")
     recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks, checkpointer)
-    arrays, num_rounds, offset = task.initial_arrays(), scenario.rounds, 0
     if resume_from is not None:
-        arrays = _restore(resume_from, scenario, grid, strategy, recorder, callbacks)
+        arrays = _restore(resume_from, grid, strategy, recorder, callbacks)
     own_loop = type(strategy).start is not Strategy.start
     if own_loop:  # it records each step itself, and resumes after its restored step
         driven: Strategy = strategy
@@ -173,12 +178,9 @@ def _prepare_data(scenario: Scenario) -> tuple[Task, DevicePopulation]:
     return task, devices
 
 
-def _restore(checkpoint: ckpt.Checkpoint, scenario: Scenario, grid: Grid, strategy: Strategy,
+def _restore(checkpoint: ckpt.Checkpoint, grid: Grid, strategy: Strategy,
              recorder: _RoundRecorder, callbacks: Sequence[Callback]) -> ArrayRecord:
     """Put back the state of the checkpoint's round; returns its global arrays."""
-    if checkpoint.scenario != scenario_to_dict(scenario):
-        raise ckpt.CheckpointError("the checkpoint was written for a different scenario "
-                                   "(resume with the run directory's resolved.yaml)")
     ckpt.restore_strategy(strategy, checkpoint.strategy)
     grid.restore_state(checkpoint.grid)
     grid.restore_client_states(checkpoint.clients)

@@ -49,3 +49,13 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory):
+    """One real deployment for the session (tests/harness.py): a TLS SuperLink with SuperNode
+    authentication and 4 authenticated SuperNodes on 127.0.0.1; killed at the end."""
+    from tests.harness import federation
+
+    with federation(tmp_path_factory.mktemp("deployment"), num_nodes=4) as fed:
+        yield fed

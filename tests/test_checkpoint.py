@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from fedsim import checkpoint as ckpt
+from fedsim.cli import app
 from fedsim.engine.tasks import make_task
 from fedsim.runner import simulate
 from fedsim.scenario import load_scenario, parse_scenario
@@ -198,8 +199,7 @@ def test_resume_continues_every_strategy_exactly(name: str, tmp_path: Path) -> N
 
 
 def test_every_strategy_state_round_trips_through_a_checkpoint() -> None:
-    """The one interface: every registered strategy's state pickles and restores."""
-    import pickle
+    """The one interface: every registered strategy's state is data, and restores."""
 
     failures = []
     for name in sorted(registry()):
@@ -213,7 +213,7 @@ def test_every_strategy_state_round_trips_through_a_checkpoint() -> None:
             strategy = build_strategy(s, BuildContext(s, s.clients.count, make_task(s)))
         except Exception:  # needs other params/tasks: not this test's concern
             continue
-        state = pickle.loads(pickle.dumps(ckpt.strategy_state(strategy)))
+        state = ckpt.from_data(*ckpt.as_data(ckpt.strategy_state(strategy)))
         try:
             ckpt.restore_strategy(strategy, state)
         except Exception as exc:
@@ -233,4 +233,72 @@ def test_resume_without_checkpoint_is_one_line_exit_2(tmp_path: Path) -> None:
     assert CliRunner().invoke(app, ["run", str(path), "--out", str(run_dir), "-q"]).exit_code == 0
     result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "-q"])
     assert result.exit_code == 2
-    assert "no checkpoint.pkl" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "no checkpoint.npz" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _run_with_checkpoint(tmp_path: Path) -> Path:
+    from typer.testing import CliRunner
+
+    data = _quadratic() | {"rounds": 3, "checkpoint": {"every": 1},
+                           "output": {"dir": str(tmp_path), "plots": False}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(app, ["run", str(path), "--out", str(run_dir), "-q"]).exit_code == 0
+    return run_dir
+
+
+class _Plant:
+    """Unpickling this creates a file: what a crafted checkpoint would do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.target, "pwned"))
+
+
+@pytest.mark.parametrize("where", ["state", "array"])
+def test_a_crafted_checkpoint_runs_no_code_and_exits_2(tmp_path: Path, where: str) -> None:
+    from typer.testing import CliRunner
+
+    run_dir = _run_with_checkpoint(tmp_path)
+    planted = tmp_path / "planted"
+    payload = np.array([_Plant(planted)], dtype=object)
+    with np.load(run_dir / ckpt.FILENAME) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["state" if where == "state" else "a0"] = payload
+    with (run_dir / ckpt.FILENAME).open("wb") as f:
+        np.savez(f, **arrays)  # numpy pickles the object array into the file
+    result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "checkpoint" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not planted.exists()
+
+
+def test_a_checkpoint_of_another_scenario_is_refused_leaving_the_run_untouched(
+        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    run_dir = _run_with_checkpoint(tmp_path)
+    (run_dir / "summary.json").unlink()  # as if killed
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text())
+    resolved["training"]["lr"] = 0.2  # an edited resolved.yaml
+    (run_dir / "resolved.yaml").write_text(yaml.safe_dump(resolved))
+    before["resolved.yaml"] = (run_dir / "resolved.yaml").read_bytes()
+    result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "-q"])
+    assert result.exit_code == 2 and "different scenario" in result.output
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before  # metrics.jsonl byte-identical, nothing added
+
+
+def test_a_checkpoint_with_a_foreign_model_shape_is_refused(tmp_path: Path) -> None:
+    run_dir = _run_with_checkpoint(tmp_path)
+    checkpoint = ckpt.load(run_dir)
+    key = next(iter(checkpoint.arrays))
+    checkpoint.arrays[key] = type(checkpoint.arrays[key])(np.zeros((7, 7), np.float32))
+    ckpt.save(run_dir / ckpt.FILENAME, checkpoint)
+    s = parse_scenario(checkpoint.scenario)
+    with pytest.raises(ckpt.CheckpointError, match="does not fit"):
+        simulate(s, run_dir=run_dir, resume=True)
