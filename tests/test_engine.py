@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -225,3 +226,16 @@ def test_node_ids_are_opaque_random_64_bit_integers_fixed_by_the_seed():
     assert ids != _grid(scenario(clients={"count": 2000}, seed=1)).get_node_ids()
     partitions = _grid(s).partition_map()
     assert [partitions.partition_of(i) for i in ids] == list(range(2000))
+
+
+def test_a_local_ray_cluster_requires_a_fresh_token_unless_the_user_chose(monkeypatch):
+    from fedsim.engine import pool
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    pool._require_a_token()
+    first = os.environ["RAY_AUTH_TOKEN"]
+    assert os.environ["RAY_AUTH_MODE"] == "token" and len(first) == 64
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a user's explicit choice is kept
+    pool._require_a_token()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and os.environ["RAY_AUTH_TOKEN"] == first

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import secrets
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -167,6 +168,19 @@ class ClientWorker:
             self.context(node, partition).state = state
 
 
+def _require_a_token() -> None:
+    """Make the local Ray cluster this process starts refuse requests without a token.
+
+    Ray's processes listen on every interface (it has no loopback-only mode), so the
+    cluster started for a run uses Ray's token authentication with a fresh random token,
+    passed to its processes through the environment. A user who set `RAY_AUTH_MODE`
+    themselves keeps their choice; joining a cluster (`backend.address`) uses its settings.
+    """
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
 def _warm_up() -> None:
     """Pay torch's first-call costs now, while the pool starts, rather than in round 1.
 
@@ -292,6 +306,8 @@ class RayPool:
         # training would get a fraction of a core. Only a cluster started here is affected.
         os.environ.setdefault("RAY_worker_niceness", "0")
         if not ray.is_initialized():
+            if address is None:
+                _require_a_token()
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, num_cpus=None if address else os.cpu_count())
         self._ray = ray
