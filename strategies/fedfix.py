@@ -64,7 +64,7 @@ from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
-from fedsim.core.clock import RESOLUTION_S, Clock, clock_for
+from fedsim.core.clock import RESOLUTION_S, Clock
 from fedsim.core.codec import (
     array_from_numpy,
     array_to_numpy,
@@ -74,9 +74,8 @@ from fedsim.core.codec import (
 )
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
+from fedsim.core.services import GridServices, services_for
 from fedsim.core.training import TrainConfig, local_sgd
-from fedsim.engine.channel import payload_nbytes
-from fedsim.engine.grid import NODE_ID_OFFSET
 from strategies import BuildContext, StrategyInfo
 
 MESSAGE_TYPE = "train.fedfix"
@@ -99,6 +98,9 @@ def train_fedfix(message: Message, context: Context) -> Message:
 
 # --------------------------------------------------------------------------- server half
 
+# Clients are known by their partition (client index i), never by node id: ids are opaque
+# (random 64-bit on a SuperLink) and the grid services' partition map translates.
+
 @dataclass
 class _Job:
     message_id: str
@@ -112,23 +114,24 @@ class _Server:
 
     theta: np.ndarray
     version: int = 0
-    jobs: dict[int, _Job] = field(default_factory=dict)  # node -> job in flight
-    durations: dict[int, list[float]] = field(default_factory=dict)
-    started_at: dict[int, float] = field(default_factory=dict)  # node -> last job start
+    jobs: dict[int, _Job] = field(default_factory=dict)  # partition -> job in flight
+    durations: dict[int, list[float]] = field(default_factory=dict)  # partition -> times
+    started_at: dict[int, float] = field(default_factory=dict)  # partition -> last job start
 
 
 @dataclass
 class _Arrival:
-    node: int
+    partition: int  # the client, booked when its reply arrived
     reply: Message
     version: int
 
 
 @dataclass
 class _PlainArrival:
-    """An `_Arrival` as plain data, for checkpoints: the reply's arrays and metrics."""
+    """An `_Arrival` as plain data, for checkpoints: the reply's source, arrays and metrics."""
 
-    node: int
+    partition: int
+    source: int  # the node id the reply came from (opaque; kept so the rebuilt reply has it)
     version: int
     arrays: dict[str, np.ndarray]
     metrics: dict[str, Any]
@@ -136,17 +139,17 @@ class _PlainArrival:
     @classmethod
     def of(cls, arrival: _Arrival) -> _PlainArrival:
         content = arrival.reply.content
-        return cls(arrival.node, arrival.version,
+        return cls(arrival.partition, int(arrival.reply.metadata.src_node_id), arrival.version,
                    {k: array_to_numpy(a) for k, a in content["arrays"].items()},
                    dict(content["metrics"]))
 
     def arrival(self) -> _Arrival:
         """The arrival with its reply rebuilt (source node, arrays, metrics)."""
-        instruction = Message(RecordDict(), self.node + NODE_ID_OFFSET, MESSAGE_TYPE)
+        instruction = Message(RecordDict(), self.source, MESSAGE_TYPE)
         content = RecordDict({
             "metrics": MetricRecord(self.metrics),
             "arrays": ArrayRecord({k: array_from_numpy(v) for k, v in self.arrays.items()})})
-        return _Arrival(self.node, Message(content, reply_to=instruction), self.version)
+        return _Arrival(self.partition, Message(content, reply_to=instruction), self.version)
 
 
 class EventDrivenFedAvg(OwnLoop, FedAvg):
@@ -164,6 +167,8 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
         τ_i per partition, in seconds.
     time_budget_s : float | None (default None)
         Stop at the first step that would happen after this time (besides `num_rounds`).
+    services : GridServices | None (default None: asked of the grid at start)
+        The grid's partition map and clock (`fedsim.core.services`); run context, not state.
     """
 
     # The loop's state at the end of a server step (`fedsim.core.loop`); the restarts a
@@ -173,9 +178,11 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
     def __init__(self, weighting: Weighting = "weight", server_lr: float = 1.0,
                  importance: Sequence[float] | None = None,
                  expected_job_times: Sequence[float] | None = None,
-                 time_budget_s: float | None = None) -> None:
+                 time_budget_s: float | None = None,
+                 services: GridServices | None = None) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1)
+        self.services = services  # as built; `prepare` falls back to asking the grid
         self.weighting = weighting
         self.server_lr = server_lr
         self.importance = None if importance is None else np.asarray(importance, float)
@@ -188,7 +195,9 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
         self._owed: list[int] = []  # clients the last step restarts once it is recorded
         self._arrivals: list[_Arrival] = []  # FedBuff: arrived, not yet in the buffer
         self._buffer: list[_Arrival] = []  # FedBuff: in the buffer, not yet aggregated
-        self._step_versions: list[int] = []  # ρ_i of the contributions being aggregated
+        # (i, ρ_i) of the contributions being aggregated, in the order of the replies
+        self._step_contributions: list[tuple[int, int]] = []
+        self._services: GridServices | None = None  # this run's (`prepare`)
         self._clock: Clock | None = None
         self._like = ArrayRecord()
 
@@ -208,23 +217,23 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
 
     # ------------------------------------------------------------ weights
 
-    def p(self, node: int) -> float:
+    def p(self, partition: int) -> float:
         if self.importance is None:
             return 1.0 / self._num_nodes
-        return float(self.importance[node] / self.importance.sum())
+        return float(self.importance[partition] / self.importance.sum())
 
-    def job_time(self, node: int) -> float:
+    def job_time(self, partition: int) -> float:
         """τ_i: expected if known, else the mean measured time (see the module docstring)."""
         if self.expected_job_times is not None:
-            return float(self.expected_job_times[node])
+            return float(self.expected_job_times[partition])
         assert self._server is not None and self._clock is not None
-        measured = self._server.durations.get(node)
+        measured = self._server.durations.get(partition)
         if measured:
             return float(np.mean(measured))
-        started = self._server.started_at.get(node, 0.0)
+        started = self._server.started_at.get(partition, 0.0)
         return max(self._clock.now() - started, RESOLUTION_S)
 
-    def design_weight(self, node: int) -> float:
+    def design_weight(self, partition: int) -> float:
         """d_i of the scheme (overridden by each scheme)."""
         raise NotImplementedError
 
@@ -232,15 +241,19 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """One server step θ ← θ + η_g Σ d_i Δ_i over `replies` (the step's R_n)."""
+        """One server step θ ← θ + η_g Σ d_i Δ_i over `replies` (the step's R_n).
+
+        Each reply's client i is the one booked at its arrival (`_step`), not read again from
+        the reply's node id: a restored reply's node may no longer be in the partition map.
+        """
         server = self._server
         assert server is not None
         replies = list(replies)
         step = np.zeros_like(server.theta)
         staleness, losses, examples = [], [], []
-        for message, version in zip(replies, self._step_versions, strict=True):
-            node = _partition(message.metadata.src_node_id)
-            step += self.design_weight(node) * flatten(message.content["arrays"])
+        for message, (partition, version) in zip(replies, self._step_contributions,
+                                                  strict=True):
+            step += self.design_weight(partition) * flatten(message.content["arrays"])
             staleness.append(server.version - version)
             metrics = message.content["metrics"]
             losses.append(float(metrics["train_loss"]))
@@ -259,22 +272,23 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
 
     def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
                 timeout: float | None, config: ConfigRecord) -> None:
-        self._clock = clock_for(grid)
+        self._services = services_for(grid, self.services)
+        self._clock = self._services.clock()
         self._config = config
         self._grid = grid
         self._like = initial_arrays  # the model's keys, shapes and dtypes
 
     def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
-        """θ⁰ and a job owed to every online node (pushed by `launch`)."""
+        """θ⁰ and a job owed to every online client (pushed by `launch`)."""
+        assert self._services is not None
         self._server = _Server(flatten(initial_arrays).copy())
-        self._step_versions = []
-        nodes = list(grid.get_node_ids())
+        self._step_contributions = []
         self._num_nodes = (len(self.expected_job_times)
                            if self.expected_job_times is not None
                            else len(self.importance) if self.importance is not None
-                           else len(nodes))
+                           else self._services.partitions.num_partitions)
         self._idle = set()
-        self._owed = [_partition(n) for n in nodes]
+        self._owed = sorted(self._online())
 
     def launch(self) -> None:
         """Push the jobs owed: every node's first job, or the restarts of the restored step."""
@@ -283,27 +297,40 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
     def after_step(self, n: int) -> None:
         self._restart_owed()
 
+    def _online(self) -> set[int]:
+        """The partitions of the online nodes (a node missing from the partition map, one
+        that joined after it was learnt, holds no partition the run knows: left out)."""
+        assert self._services is not None
+        partitions = self._services.partitions
+        online = set()
+        for node in self._grid.get_node_ids():
+            try:
+                online.add(partitions.partition_of(node))
+            except KeyError:
+                continue
+        return online
+
     def _restart(self, partitions: Iterable[int]) -> None:
         """Send the current model to these clients now (offline ones idle until next step)."""
-        server, clock = self._server, self._clock
-        assert server is not None and clock is not None
-        online = {_partition(n) for n in self._grid.get_node_ids()}
+        server, clock, services = self._server, self._clock, self._services
+        assert server is not None and clock is not None and services is not None
+        online = self._online()
         messages, starting = [], []
-        for node in sorted(set(partitions) | self._idle):
-            if node not in online:
-                self._idle.add(node)
+        for partition in sorted(set(partitions) | self._idle):
+            if partition not in online:
+                self._idle.add(partition)
                 continue
-            self._idle.discard(node)
+            self._idle.discard(partition)
             content = RecordDict({"arrays": unflatten(server.theta, self._like),
                                   "config": self._config})
-            messages.append(Message(content, node + NODE_ID_OFFSET, MESSAGE_TYPE,
-                                    group_id=str(server.version)))
-            starting.append(node)
+            messages.append(Message(content, services.partitions.node_of(partition),
+                                    MESSAGE_TYPE, group_id=str(server.version)))
+            starting.append(partition)
         ids = self._grid.push_messages(messages) if messages else []
         now = clock.now()
-        for node, message_id in zip(starting, ids, strict=True):
-            server.jobs[node] = _Job(message_id, server.version, now)
-            server.started_at[node] = now
+        for partition, message_id in zip(starting, ids, strict=True):
+            server.jobs[partition] = _Job(message_id, server.version, now)
+            server.started_at[partition] = now
 
     def _restart_owed(self) -> None:
         owed, self._owed = self._owed, []
@@ -315,18 +342,20 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
         return [job.message_id for job in self._server.jobs.values()]
 
     def _arrive(self, replies: Iterable[Message]) -> tuple[list[_Arrival], list[int]]:
-        """Book replies in client order: (successful arrivals, nodes whose job failed)."""
-        server, clock = self._server, self._clock
-        assert server is not None and clock is not None
+        """Book replies in client (partition) order: (successful arrivals, clients whose
+        job failed)."""
+        server, clock, services = self._server, self._clock, self._services
+        assert server is not None and clock is not None and services is not None
+        booked = sorted(((services.partitions.partition_of(m.metadata.src_node_id), m)
+                         for m in replies), key=lambda pair: pair[0])
         arrivals, failed = [], []
-        for message in sorted(replies, key=lambda m: m.metadata.src_node_id):
-            node = _partition(message.metadata.src_node_id)
-            job = server.jobs.pop(node)
+        for partition, message in booked:
+            job = server.jobs.pop(partition)
             if message.has_error():
-                failed.append(node)
+                failed.append(partition)
                 continue
-            server.durations.setdefault(node, []).append(clock.now() - job.started)
-            arrivals.append(_Arrival(node, message, job.version))
+            server.durations.setdefault(partition, []).append(clock.now() - job.started)
+            arrivals.append(_Arrival(partition, message, job.version))
         return arrivals, failed
 
     def _step(self, arrivals: Sequence[_Arrival], restart: Sequence[int] = ()) -> StepOutcome:
@@ -335,7 +364,7 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
         self._owed = list(restart)
         server = self._server
         assert server is not None
-        self._step_versions = [a.version for a in arrivals]
+        self._step_contributions = [(a.partition, a.version) for a in arrivals]
         arrays, metrics = self.aggregate_train(server.version + 1, [a.reply for a in arrivals])
         assert arrays is not None
         return arrays, metrics
@@ -358,11 +387,11 @@ class FedFix(EventDrivenFedAvg):
         self.period_s = period_s
         self.ceil_factor = ceil_factor
 
-    def design_weight(self, node: int) -> float:
+    def design_weight(self, partition: int) -> float:
         if self.weighting == "identical":
             return 1.0
-        periods = math.ceil(self.job_time(node) / self.period_s - RESOLUTION_S)
-        return self.p(node) * (max(periods, 1) if self.ceil_factor else 1)
+        periods = math.ceil(self.job_time(partition) / self.period_s - RESOLUTION_S)
+        return self.p(partition) * (max(periods, 1) if self.ceil_factor else 1)
 
     def step(self, n: int) -> StepOutcome | None:
         """Step n at time n·Δt with every client that has finished by then."""
@@ -372,7 +401,7 @@ class FedFix(EventDrivenFedAvg):
             return None
         finished, failed = self._arrive(
             self._clock.collect_until(self._grid, self._in_flight(), tick))
-        return self._step(finished, restart=[a.node for a in finished] + failed)
+        return self._step(finished, restart=[a.partition for a in finished] + failed)
 
 
 class FedBuff(EventDrivenFedAvg):
@@ -395,11 +424,11 @@ class FedBuff(EventDrivenFedAvg):
         self.buffer_size = buffer_size
         self.restart = restart
 
-    def design_weight(self, node: int) -> float:
+    def design_weight(self, partition: int) -> float:
         if self.weighting == "identical":
             return 1.0 / self.buffer_size
         rate = sum(1.0 / self.job_time(j) for j in range(self._num_nodes))
-        return self.p(node) * self.job_time(node) * rate / self.buffer_size
+        return self.p(partition) * self.job_time(partition) * rate / self.buffer_size
 
     def step(self, n: int) -> StepOutcome | None:
         """Take arrivals one at a time (ties in client order) until the buffer holds c."""
@@ -414,11 +443,11 @@ class FedBuff(EventDrivenFedAvg):
                 self._restart(failed)
             arrival = self._arrivals.pop(0)
             self._buffer.append(arrival)
-            restart = [arrival.node] if self.restart == "immediately" else []
+            restart = [arrival.partition] if self.restart == "immediately" else []
             if len(self._buffer) == self.buffer_size:
                 buffer, self._buffer = self._buffer, []
                 if self.restart == "after_aggregation":
-                    restart = [a.node for a in buffer]
+                    restart = [a.partition for a in buffer]
                 return self._step(buffer, restart)
             if restart:
                 self._restart(restart)
@@ -436,25 +465,28 @@ class AsyncFedAvg(FedBuff):
         super().__init__(buffer_size=1, **kwargs)
 
 
-def _partition(node_id: int) -> int:
-    return int(node_id) - NODE_ID_OFFSET
-
-
 # --------------------------------------------------------------------------- expected job times
 
 def expected_job_times(ctx: BuildContext) -> list[float] | None:
-    """τ_i from the device population's time model (None on a deployed grid: no devices)."""
+    """τ_i per partition from the device population's time model (device i holds partition
+    i); None on a deployed grid (no devices), where τ_i is measured instead."""
     devices = ctx.devices
     if devices is None:
         return None
     with torch.random.fork_rng(devices=[]):  # only the model's size matters here
-        nbytes = payload_nbytes(RecordDict({"arrays": model_to_arrays(ctx.task.make_model())}))
+        nbytes = _payload_nbytes(model_to_arrays(ctx.task.make_model()))
     config = TrainConfig.from_spec(ctx.scenario.training)
     return [devices.expected_job_time(
-                node, ctx.scenario.channel,
-                work=_samples_per_job(len(ctx.task.train_data(node)), config),
+                partition, ctx.scenario.channel,
+                work=_samples_per_job(len(ctx.task.train_data(partition)), config),
                 bytes_down=nbytes, bytes_up=nbytes)
-            for node in range(devices.n)]
+            for partition in range(devices.n)]
+
+
+def _payload_nbytes(arrays: ArrayRecord) -> int:
+    """Bytes the channel counts for the model (prod(shape) × itemsize of every array, as
+    `fedsim.engine.channel.payload_nbytes`, which strategies do not import)."""
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in arrays.values())
 
 
 def _samples_per_job(n: int, config: TrainConfig) -> int:
@@ -493,13 +525,15 @@ class FedBuffParams(_CommonParams):
 
 
 def _common(params: _CommonParams, ctx: BuildContext) -> dict:
+    """Per partition: p_i (shard sizes for `samples`) and τ_i (expected on a simulated grid;
+    measured when asked or when deployed, where no device model exists)."""
     importance = None
     if params.importance == "samples":
-        importance = [len(ctx.task.train_data(i)) for i in range(ctx.num_nodes)]
+        importance = [len(ctx.task.train_data(p)) for p in range(ctx.num_nodes)]
     times = expected_job_times(ctx) if params.job_times == "expected" else None
     return {"weighting": params.weighting, "server_lr": params.server_lr,
             "importance": importance, "expected_job_times": times,
-            "time_budget_s": params.time_budget_s}
+            "time_budget_s": params.time_budget_s, "services": ctx.services}
 
 
 def _build_fedfix(params: FedFixParams, ctx: BuildContext) -> FedFix:

@@ -50,13 +50,13 @@ from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
-from fedsim.core.clock import Clock, clock_for
+from fedsim.core.clock import Clock
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
+from fedsim.core.services import GridServices, PartitionMap, services_for
 from fedsim.core.task import Dataset, Task
-from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
 from strategies import BuildContext, StrategyInfo
 
 GCScheme = Literal["frc", "crc"]
@@ -281,12 +281,17 @@ class GradientCodingGD(OwnLoop, FedAvg):
         Cyclic repetition (any s) or fractional repetition ((s+1) | n) code.
     code_seed : int (default 0)
         Seed of CRC's random H (:func:`encoding_matrix`).
+    services : GridServices | None (default None: asked of the grid at start)
+        The grid's partition map (worker i = the node holding partition i), clock and
+        straggler counter; run context, not state.
     """
 
     def __init__(self, num_workers: int, s: int = 1, scheme: GCScheme = "crc",
-                 code_seed: int = 0) -> None:
+                 code_seed: int = 0, services: GridServices | None = None) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1)
+        self.services = services  # as built; `prepare` falls back to asking the grid
+        self._services: GridServices | None = None  # this run's
         self.n, self.s = num_workers, s
         self.B = encoding_matrix(scheme, num_workers, s, code_seed)
         self._x = np.zeros(0)  # the model, flat; with the loop's step count, all the state
@@ -308,7 +313,9 @@ class GradientCodingGD(OwnLoop, FedAvg):
 
     def gradient(self, replies: Sequence[Message]) -> np.ndarray:
         """ĝ = Σ_{i∈F} a_i f_i = ∇F(x) exactly."""
-        return decode_received(self.B, {_worker(m): flatten(m.content["arrays"]) for m in replies})
+        partitions = self._partitions()
+        return decode_received(self.B, {partitions.partition_of(m.metadata.src_node_id):
+                                        flatten(m.content["arrays"]) for m in replies})
 
     # ------------------------------------------------------------ round
 
@@ -327,11 +334,16 @@ class GradientCodingGD(OwnLoop, FedAvg):
     def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
                 timeout: float | None, config: ConfigRecord) -> None:
         self._config, self._lr = config, float(config["lr"])
-        self._grid, self._clock = grid, clock_for(grid)
+        self._services = services_for(grid, self.services)
+        self._grid, self._clock = grid, self._services.clock()
         self._like = initial_arrays
 
     def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
         self._x = flatten(initial_arrays).copy()
+
+    def _partitions(self) -> PartitionMap:
+        assert self._services is not None, "prepare() first"
+        return self._services.partitions
 
     def step(self, n: int) -> StepOutcome:
         """GD step n, decoded from the first decodable set of replies."""
@@ -345,19 +357,23 @@ class GradientCodingGD(OwnLoop, FedAvg):
 
     def _collect(self, grid: Grid, clock: Clock, server_round: int, config: ConfigRecord
                  ) -> tuple[list[Message], int]:
-        """Push x to every online worker; wait reply by reply until `can_stop`.
+        """Push x to every online worker (in worker order); wait reply by reply until
+        `can_stop`.
 
         Returns (the used replies, sorted by worker; how many pushed jobs were not used).
         """
+        assert self._services is not None
+        partitions = self._services.partitions
+        online = online_partitions(grid, partitions)
         arrays = unflatten(self._x, self._like)
         messages = []
-        for node in grid.get_node_ids():
-            worker = node - NODE_ID_OFFSET
-            if 0 <= worker < self.n:
+        for worker in range(self.n):
+            if worker in online:
                 round_config = ConfigRecord({**config, "gc-row": self.B[worker].tolist(),
                                              "server-round": server_round})
                 messages.append(Message(RecordDict({"arrays": arrays, "config": round_config}),
-                                        node, MESSAGE_TYPE, group_id=str(server_round)))
+                                        partitions.node_of(worker), MESSAGE_TYPE,
+                                        group_id=str(server_round)))
         ids = grid.push_messages(messages)
         pending = dict(zip((m.metadata.dst_node_id for m in messages), ids, strict=True))
         arrived: list[int] = []
@@ -371,10 +387,9 @@ class GradientCodingGD(OwnLoop, FedAvg):
             for message in batch:
                 del pending[message.metadata.src_node_id]
                 if not message.has_error():
-                    arrived.append(_worker(message))
+                    arrived.append(partitions.partition_of(message.metadata.src_node_id))
                     by_worker[arrived[-1]] = message
-        if isinstance(grid, SimGrid):
-            grid.stats.stragglers += len(pending)
+        self._services.count_stragglers(len(pending))
         used = sorted(self.used(arrived))
         return [by_worker[w] for w in used], len(messages) - len(used)
 
@@ -396,8 +411,9 @@ class IgnoreStragglersGD(GradientCodingGD):
         The master uses the first n−s replies, 0 ≤ s < n.
     """
 
-    def __init__(self, num_workers: int, s: int = 1) -> None:
-        super().__init__(num_workers, s=0, scheme="frc")
+    def __init__(self, num_workers: int, s: int = 1,
+                 services: GridServices | None = None) -> None:
+        super().__init__(num_workers, s=0, scheme="frc", services=services)
         self.s = s
         if not 0 <= s < num_workers:
             raise ValueError(f"need 0 ≤ s < n, got n={num_workers}, s={s}")
@@ -415,8 +431,16 @@ class IgnoreStragglersGD(GradientCodingGD):
         return total / arrived * sum(flatten(m.content["arrays"]) for m in replies)
 
 
-def _worker(message: Message) -> int:
-    return message.metadata.src_node_id - NODE_ID_OFFSET
+def online_partitions(grid: Grid, partitions: PartitionMap) -> set[int]:
+    """The partitions (workers) whose nodes are online now. A node missing from the map (one
+    that joined after it was learnt) holds no partition the run knows, and is left out."""
+    online = set()
+    for node in grid.get_node_ids():
+        try:
+            online.add(partitions.partition_of(node))
+        except KeyError:
+            continue
+    return online
 
 
 class GradientCodingParams(BaseModel):
@@ -433,14 +457,14 @@ class IgnoreStragglersParams(BaseModel):
 
 def _build_gc(params: GradientCodingParams, ctx: BuildContext) -> GradientCodingGD:
     try:
-        return GradientCodingGD(ctx.num_nodes, **params.model_dump())
+        return GradientCodingGD(ctx.num_nodes, **params.model_dump(), services=ctx.services)
     except ValueError as exc:
         raise ScenarioError(f"strategy.params: {exc} (n = clients.count)") from None
 
 
 def _build_ignore(params: IgnoreStragglersParams, ctx: BuildContext) -> IgnoreStragglersGD:
     try:
-        return IgnoreStragglersGD(ctx.num_nodes, **params.model_dump())
+        return IgnoreStragglersGD(ctx.num_nodes, **params.model_dump(), services=ctx.services)
     except ValueError as exc:
         raise ScenarioError(f"strategy.params: {exc} (n = clients.count)") from None
 

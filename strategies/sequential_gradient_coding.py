@@ -49,14 +49,13 @@ from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
-from fedsim.core.clock import Clock, clock_for
+from fedsim.core.clock import Clock
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
+from fedsim.core.services import GridServices, services_for
 from fedsim.core.task import Dataset, Task
-from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
-from fedsim.engine.stragglers import check_model, round_conforms
 from strategies import BuildContext, StrategyInfo
 from strategies.gradient_coding import (
     GCScheme,
@@ -65,11 +64,38 @@ from strategies.gradient_coding import (
     encode,
     encoding_matrix,
     gc_load,
+    online_partitions,
     weighted_gradient,
 )
 
 IDLE = -1
 """Task code of a worker slot that delivered nothing (straggled) or was given nothing to do."""
+
+
+def check_model(B: int, W: int, lam: int) -> None:
+    """Refuse a (B, W, λ) model that is not one: 1 ≤ B ≤ W, λ ≥ 0."""
+    if not 1 <= B <= W or lam < 0:
+        raise ValueError(f"the (B, W, λ) model needs 1 ≤ B ≤ W and λ ≥ 0, got ({B}, {W}, {lam})")
+
+
+def round_conforms(history: np.ndarray, is_straggler: np.ndarray, B: int, W: int, lam: int
+                   ) -> bool:
+    """Whether round r = len(history) with stragglers `is_straggler` keeps the pattern
+    conforming to the (B, W, λ)-bursty model (as in the official code: at most λ distinct
+    stragglers in rounds r−W+1..r, and a worker straggling in round r did not straggle in
+    rounds r−W+1..r−B). `history` is the boolean pattern [r, n] of the earlier rounds.
+
+    The master's rule, here because strategies do not import the engine; the device
+    population's sampler uses the same model (`fedsim.engine.stragglers.round_conforms`,
+    which a test keeps equal to this one).
+    """
+    check_model(B, W, lam)
+    r = history.shape[0]
+    recent = history[max(0, r - W + 1) : r].any(axis=0)
+    if np.count_nonzero(recent | is_straggler) > lam:
+        return False
+    outside_burst = history[max(0, r - W + 1) : max(0, r - B + 1)].any(axis=0)
+    return not np.any(outside_burst & is_straggler)
 
 
 @dataclass(frozen=True)
@@ -592,13 +618,18 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
         Seed of CRC's random H.
     mu : float (default 1.0)
         μ of the stopping rule: a worker straggles past (1+μ)× the fastest worker's time.
+    services : GridServices | None (default None: asked of the grid at start)
+        The grid's partition map (worker i = the node holding partition i), clock and
+        straggler counter; run context, not state.
     """
 
     def __init__(self, num_workers: int, scheme: Literal["sr_sgc", "m_sgc"], B: int = 1,
                  W: int = 2, lam: int = 1, gc_scheme: GCScheme = "crc", code_seed: int = 0,
-                 mu: float = 1.0) -> None:
+                 mu: float = 1.0, services: GridServices | None = None) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1)
+        self.services = services  # as built; `prepare` falls back to asking the grid
+        self._services: GridServices | None = None  # this run's
         self.kind, self.gc_scheme, self.code_seed, self.mu = scheme, gc_scheme, code_seed, mu
         self.scheme = SCHEME_CLASSES[scheme].create(num_workers, B, W, lam, 1, gc_scheme,
                                                     code_seed)
@@ -643,7 +674,8 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
                              f"{scheme.delay} of {self.kind}")
         self.scheme = replace(scheme, n_jobs=n_jobs)
         self._config, self._lr = config, float(config["lr"])
-        self._grid, self._clock = grid, clock_for(grid)
+        self._services = services_for(grid, self.services)
+        self._grid, self._clock = grid, self._services.clock()
         self._like = initial_arrays
 
     def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
@@ -666,15 +698,17 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
     def _run_round(self, grid: Grid, clock: Clock, r: int, config: ConfigRecord
                    ) -> list[Message]:
         """Push round r's tasks, apply the stopping rule, record what was delivered."""
-        scheme = self.scheme
+        scheme, services = self.scheme, self._services
+        assert services is not None
+        partitions = services.partitions
         tasks = scheme.tasks(r, self._delivered[:r])
         by_worker: dict[int, list[list[int]]] = {}
         for a in scheme.assignments(r, tasks):
             by_worker.setdefault(a.worker, []).append([a.job, a.task])
-        online = {node - NODE_ID_OFFSET for node in grid.get_node_ids()}
+        online = online_partitions(grid, partitions)
         models = {job: unflatten(self._models[job], self._like)  # each job's model, once
                   for job in sorted({job for work in by_worker.values() for job, _ in work})}
-        messages = []
+        messages, workers = [], []
         for worker, work in sorted(by_worker.items()):
             if worker not in online:
                 continue
@@ -682,18 +716,18 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
             content["config"] = ConfigRecord({
                 **config, **self.scheme_config(), "server-round": r + 1,
                 "sgc-assignments": json.dumps(work)})
-            messages.append(Message(content, worker + NODE_ID_OFFSET, MESSAGE_TYPE,
+            messages.append(Message(content, partitions.node_of(worker), MESSAGE_TYPE,
                                     group_id=str(r + 1)))
+            workers.append(worker)
         started = clock.now()
         ids = grid.push_messages(messages)
-        pending = dict(zip((m.metadata.dst_node_id - NODE_ID_OFFSET for m in messages), ids,
-                           strict=True))
+        pending = dict(zip(workers, ids, strict=True))
         arrived: dict[int, Message] = {}
         times = np.full(scheme.n, np.inf)
 
         def book(batch: list[Message]) -> None:
             for message in batch:
-                worker = message.metadata.src_node_id - NODE_ID_OFFSET
+                worker = partitions.partition_of(message.metadata.src_node_id)
                 del pending[worker]
                 if not message.has_error():
                     arrived[worker] = message
@@ -717,8 +751,7 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
                     batch := clock.wait_for_replies(grid, list(pending.values()))):
                 book(batch)
             stragglers = stop.stragglers | (busy & ~np.isin(np.arange(scheme.n), list(arrived)))
-        if isinstance(grid, SimGrid):
-            grid.stats.stragglers += len(pending)
+        services.count_stragglers(len(pending))
         self._delivered[r] = scheme.deliver(tasks, stragglers)
         self._history = np.vstack([self._history, stragglers])
         self._round_assignments = by_worker
@@ -731,9 +764,11 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """File the round's delivered messages by job; decode job r−T and take the step."""
         r, scheme = server_round - 1, self.scheme
+        assert self._services is not None
+        partitions = self._services.partitions
         replies = list(replies)
         for message in replies:
-            worker = message.metadata.src_node_id - NODE_ID_OFFSET
+            worker = partitions.partition_of(message.metadata.src_node_id)
             arrays = message.content["arrays"]
             for job, task in self._round_assignments[worker]:
                 message_vector = arrays[f"job-{job}"].numpy().astype(np.float64)
@@ -770,7 +805,8 @@ def _builder(kind: Literal["sr_sgc", "m_sgc"]
              ) -> Callable[[SGCParams, BuildContext], SequentialGradientCodingGD]:
     def build(params: SGCParams, ctx: BuildContext) -> SequentialGradientCodingGD:
         try:
-            strategy = SequentialGradientCodingGD(ctx.num_nodes, kind, **params.model_dump())
+            strategy = SequentialGradientCodingGD(ctx.num_nodes, kind, **params.model_dump(),
+                                                  services=ctx.services)
         except ValueError as exc:
             raise ScenarioError(f"strategy.params: {exc} (n = clients.count)") from None
         if ctx.scenario.rounds <= (delay := strategy.scheme.delay):

@@ -17,12 +17,18 @@ import numpy as np
 import pytest
 import torch
 
+from fedsim.core import client as core_client
+from fedsim.core.codec import flatten
+from fedsim.core.services import PARTITION_QUERY
+from fedsim.core.training import TrainConfig
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.tasks import make_task
 from fedsim.engine.tasks.quadratic import QuadraticTask
 from fedsim.runner import simulate
 from strategies import BuildContext, build_strategy
+from strategies.fedfix import MESSAGE_TYPE, FedFix, train_fedfix
 from tests.conftest import quadratic
+from tests.test_gradient_coding import OpaqueGrid, serve_task
 
 CENTERS = [0.0, 1.0, 2.0]
 TAUS = (1.0, 0.6, 0.2)
@@ -158,3 +164,39 @@ def test_fedbuff_original_restarts_at_once_and_may_buffer_one_client_twice():
     assert records[1]["virtual_time_s"] == pytest.approx(0.4)
     assert records[1]["train_staleness_max"] == 0  # its second job started on θ^0 too
     assert torch.isfinite(torch.tensor(records[-1]["theta"]))
+
+
+def test_deployed_without_a_device_model_plans_from_measured_job_times():
+    """No devices (a deployed grid): τ_i is measured, never read from a device table; p_i for
+    `importance: samples` is the shard size of partition i."""
+    s = _scenario("fedbuff", {"importance": "samples"})
+    strategy = build_strategy(s, BuildContext(s, 3, make_task(s), devices=None))
+    assert strategy.expected_job_times is None
+    np.testing.assert_array_equal(strategy.importance, [1, 1, 1])  # one sample per client
+
+
+def test_fedfix_on_opaque_node_ids_restarts_and_weighs_each_client_by_its_partition(
+        monkeypatch):
+    """On a grid whose node ids are ≥ 2^63 in shuffled order (the strategy built by hand, so
+    it learns the partition map by asking), client i's job goes to the node holding partition
+    i and its Δ_i gets p_i; the node of partition 1 is offline and never gets a job.
+
+    Every job is back at once (wall clock, Δt = 20 ms), so each tick aggregates the online
+    clients' fresh updates: θ ← θ − η Σ_{i ∈ {0, 2}} p_i (θ − c_i)."""
+    s = _scenario("fedfix", {})
+    task = make_task(s)
+    serve_task(monkeypatch, task)
+    grid = OpaqueGrid(3, {MESSAGE_TYPE: train_fedfix,
+                          PARTITION_QUERY: core_client.partition_info}, seed=1, offline=[1])
+    importance = np.array([1.0, 2.0, 7.0])
+    strategy = FedFix(period_s=0.02, importance=importance.tolist(),
+                      expected_job_times=[0.001] * 3)  # ⌈τ/Δt⌉ = 1: d_i = p_i
+    steps = 3
+    result = strategy.start(grid, task.initial_arrays(), num_rounds=steps,  # type: ignore[arg-type]
+                            train_config=TrainConfig.from_spec(s.training).to_record())
+    sent = [m for m in grid.sent if m.metadata.message_type == MESSAGE_TYPE]
+    assert [grid.partition_of[m.metadata.dst_node_id] for m in sent] == [0, 2] * (steps + 1)
+    p, theta = importance / importance.sum(), 0.0
+    for _ in range(steps):
+        theta -= TRAINING["lr"] * sum(p[i] * (theta - CENTERS[i]) for i in (0, 2))
+    assert flatten(result.arrays)[0] == pytest.approx(theta, rel=1e-12)

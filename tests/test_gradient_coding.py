@@ -1,11 +1,24 @@
 """Sanity checks of gradient coding (Tandon et al., ICML 2017, arXiv 1612.03301)."""
 
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
 from itertools import combinations
 
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.core import client as core_client
+from fedsim.core.codec import flatten
+from fedsim.core.services import PARTITION_QUERY
+from fedsim.core.task import Task
+from fedsim.engine.tasks import make_task
 from strategies.gradient_coding import (
+    MESSAGE_TYPE,
+    GradientCodingGD,
     cyclic_repetition_B,
     data_assignment,
     decode,
@@ -17,6 +30,7 @@ from strategies.gradient_coding import (
     fractional_repetition_B,
     gc_load,
     is_decodable,
+    train_gradient_coding,
 )
 
 CASES = [("frc", 6, 2), ("crc", 6, 2), ("crc", 7, 3), ("crc", 10, 4)]
@@ -143,3 +157,104 @@ def test_constructions_validate_their_parameters():
 def test_encoding_matrix_is_reproducible_from_its_seed():
     np.testing.assert_array_equal(encoding_matrix("crc", 7, 3, 5), encoding_matrix("crc", 7, 3, 5))
     assert not np.allclose(encoding_matrix("crc", 7, 3, 5), encoding_matrix("crc", 7, 3, 6))
+
+
+# ------------------------------------------------------------------ on a grid with opaque ids
+
+ClientFn = Callable[[Message, Context], Message]
+
+
+class OpaqueGrid:
+    """A grid like a real SuperLink's: node ids are random and ≥ 2^63, listed in shuffled
+    order, and carry no partition. Each pushed message is answered at once by the client half
+    for its type, run with the node's own partition in its node config (so the partition
+    query, `fedsim.core.client.partition_info`, tells the strategy the map)."""
+
+    def __init__(self, num_partitions: int, actions: Mapping[str, ClientFn], seed: int = 0,
+                 offline: Iterable[int] = ()) -> None:
+        rng = np.random.default_rng(seed)
+        ids: set[int] = set()
+        while len(ids) < num_partitions:
+            ids.add(2**63 + int(rng.integers(0, 2**62)))
+        self.node_of = dict(enumerate(sorted(ids, key=lambda _: rng.random())))
+        self.partition_of = {node: p for p, node in self.node_of.items()}
+        self.order = [int(n) for n in rng.permutation(sorted(ids))]  # not partition order
+        self.num_partitions = num_partitions
+        self.actions = dict(actions)
+        self.offline = {self.node_of[p] for p in offline}
+        self.sent: list[Message] = []  # every message pushed, in order
+        self._replies: dict[str, Message] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self.order if n not in self.offline]
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, group_id=group_id)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            partition = self.partition_of[node]  # KeyError: an id the grid never gave
+            context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
+                              node_config={"partition-id": partition,
+                                           "num-partitions": self.num_partitions})
+            message_id = f"m{len(self.sent)}"
+            self.sent.append(message)
+            self._replies[message_id] = self.actions[message.metadata.message_type](
+                message, context)
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(m) for m in message_ids if m in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None
+                         ) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def serve_task(monkeypatch: pytest.MonkeyPatch, task: Task) -> None:
+    """Client halves run by an `OpaqueGrid` train `task` (the app's task source, for a test),
+    in a process whose Flower task identity is a server app's (messages need a run id)."""
+    monkeypatch.setattr(core_client, "_task_source", lambda run_config, n: task)
+    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def test_gc_on_opaque_node_ids_sends_worker_i_row_i_at_the_node_of_partition_i(monkeypatch):
+    """Worker i is partition i, wherever its node's id falls: the master learns the map (the
+    strategy is built by hand, without services), sends row i of B to the node that holds
+    partition i, and decodes the exact gradient; the node of partition 5 is offline."""
+    from tests.conftest import BASE, scenario
+
+    data = copy.deepcopy(BASE)
+    data["task"] = {"name": "least_squares", "params": {"dim": 5, "samples_per_client": 24}}
+    data["clients"] = {"count": 6}
+    task = make_task(scenario(data))
+    serve_task(monkeypatch, task)
+    grid = OpaqueGrid(6, {MESSAGE_TYPE: train_gradient_coding,
+                          PARTITION_QUERY: core_client.partition_info}, offline=[5])
+    assert min(grid.get_node_ids()) >= 2**63
+    strategy = GradientCodingGD(6, s=2)
+    lr, steps = 0.05, 3
+    result = strategy.start(grid, task.initial_arrays(), num_rounds=steps,  # type: ignore[arg-type]
+                            train_config=_config(lr))
+    train = [m for m in grid.sent if m.metadata.message_type == MESSAGE_TYPE]
+    assert len(train) == 5 * steps  # every online worker, every round
+    for message in train:
+        partition = grid.partition_of[message.metadata.dst_node_id]
+        assert message.content["config"]["gc-row"] == strategy.B[partition].tolist()
+    A, b = task.test_data(None).x.numpy(), task.test_data(None).y.numpy()
+    x = flatten(task.initial_arrays())
+    for _ in range(steps):
+        x = x - lr * A.T @ (A @ x - b) / len(b)
+    assert isinstance(result.arrays, ArrayRecord)
+    np.testing.assert_allclose(flatten(result.arrays), x, atol=1e-10, rtol=0)
+
+
+def _config(lr: float):  # the train config the runner hands `start`
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({"lr": lr})

@@ -1,17 +1,27 @@
 """Sanity checks of sequential gradient coding (Krishnan et al., ICLR 2023, arXiv 2211.13802)."""
 
+import copy
 from collections import defaultdict
 from itertools import product
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord
 
+from fedsim.core import client as core_client
+from fedsim.core.codec import flatten
+from fedsim.core.services import PARTITION_QUERY
+from fedsim.engine import stragglers as engine_stragglers
 from fedsim.engine.stragglers import conforms, round_conforms, sample_bursty_pattern
+from fedsim.engine.tasks import make_task
+from strategies import sequential_gradient_coding as sgc
 from strategies.gradient_coding import gc_load
 from strategies.sequential_gradient_coding import (
     IDLE,
+    MESSAGE_TYPE,
     MultiplexedSGC,
     SelectiveRepeatSGC,
+    SequentialGradientCodingGD,
     SequentialScheme,
     m_sgc_delay,
     m_sgc_load,
@@ -19,6 +29,7 @@ from strategies.sequential_gradient_coding import (
     sr_sgc_load,
     sr_sgc_tolerance,
     stopping_rule,
+    train_sgc,
 )
 
 # (scheme class, n, (B, W, λ), GC scheme inside): every model shape the schemes allow, small n.
@@ -250,3 +261,47 @@ def test_m_sgc_needs_n_minus_lambda_coded_results_in_every_group():
         _decode_by_deadlines(scheme, too_many, np.ones((1, scheme.n_parts, 2)))
     too_many[1, 0] = False
     assert scheme.missed_deadlines(scheme.simulate(too_many)) == []
+
+
+def test_the_masters_bursty_model_check_is_the_device_populations():
+    """The strategy keeps its own copy of the (B, W, λ) check (strategies do not import the
+    engine); it must agree with the sampler's on every round of random patterns."""
+    rng = np.random.default_rng(0)
+    for B, W, lam in [(1, 1, 2), (1, 2, 3), (2, 3, 3), (2, 5, 1), (3, 3, 0)]:
+        for _ in range(20):
+            pattern = rng.random((8, 5)) < 0.3
+            for r in range(len(pattern)):
+                assert sgc.round_conforms(pattern[:r], pattern[r], B, W, lam) == \
+                    engine_stragglers.round_conforms(pattern[:r], pattern[r], B, W, lam)
+    with pytest.raises(ValueError, match="1 ≤ B ≤ W"):
+        sgc.check_model(3, 2, 1)
+
+
+def test_sgc_on_opaque_node_ids_gives_worker_i_its_tasks_at_the_node_of_partition_i(
+        monkeypatch):
+    """On a grid whose node ids are ≥ 2^63 in shuffled order (the strategy built by hand, so
+    it learns the partition map by asking), each worker's tasks go to the node holding its
+    partition, replies are filed under that worker, and the run is delayed GD exactly."""
+    from tests.conftest import BASE, scenario
+    from tests.test_gradient_coding import OpaqueGrid, serve_task
+
+    n, rounds, lr = 4, 4, 0.05
+    data = copy.deepcopy(BASE)
+    data["task"] = {"name": "least_squares", "params": {"dim": 5, "samples_per_client": 24}}
+    data["clients"] = {"count": n}
+    task = make_task(scenario(data))
+    serve_task(monkeypatch, task)
+    grid = OpaqueGrid(n, {MESSAGE_TYPE: train_sgc, PARTITION_QUERY: core_client.partition_info},
+                      seed=3)
+    strategy = SequentialGradientCodingGD(n, "m_sgc", B=1, W=2, lam=1)
+    result = strategy.start(grid, task.initial_arrays(), num_rounds=rounds,  # type: ignore[arg-type]
+                            train_config=ConfigRecord({"lr": lr}))
+    sent = [m for m in grid.sent if m.metadata.message_type == MESSAGE_TYPE]
+    assert {m.metadata.dst_node_id for m in sent} == set(grid.node_of.values())
+    delay = m_sgc_delay(1, 2, 1)
+    A, b = task.test_data(None).x.numpy(), task.test_data(None).y.numpy()
+    xs = [flatten(task.initial_arrays())]
+    for t in range(rounds):
+        step = A.T @ (A @ xs[t - delay] - b) / len(b) if t >= delay else 0.0
+        xs.append(xs[t] - lr * step)
+    np.testing.assert_allclose(flatten(result.arrays), xs[-1], atol=1e-10, rtol=0)
