@@ -11,6 +11,11 @@
 
 Bad input (a wrong key, a negative rate, an unknown strategy, a missing file)
 is reported as one line naming the field and the fix, with exit code 2.
+
+Output meant for programs (JSON, CSV, `validate`'s lines, tables on a pipe) is
+written plainly, never through rich, so it is not wrapped at 80 columns or
+coloured when stdout is a pipe or a file; rich draws tables and progress only
+on a terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,8 +47,35 @@ Overrides = Annotated[list[str] | None, typer.Option(
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    error_line(message)
     raise typer.Exit(code)
+
+
+def error_line(message: str) -> None:
+    """One unwrapped line on stderr; the message is text, never rich markup."""
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def say(text: str) -> None:
+    """A plain line on stdout: never wrapped, never coloured, whatever stdout is."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def show_table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> None:
+    """A rich table on a terminal; on a pipe or file, tab-separated lines that do not wrap."""
+    if console.is_terminal:
+        table = Table(*header) if header else Table(show_header=False, box=None)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    for row in ([header] if header else []) + rows:
+        say("\t".join(row))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def load_or_fail(path: Path, overrides: list[str] | None) -> Scenario:
@@ -96,8 +129,9 @@ def run(
 ) -> None:
     """Run a scenario and write its run directory (metrics, summary, plots)."""
     from fedsim.checkpoint import CheckpointError, save_arrays
+    from fedsim.checks import CHECK_ERRORS, check_run
     from fedsim.results import RunWriter
-    from fedsim.runner import Diverged, RunStalled, simulate
+    from fedsim.runner import ClientsFailed, Diverged, RunStalled, simulate
     from topologies import TopologyError
 
     if resume is not None:
@@ -113,6 +147,10 @@ def run(
     else:
         scenario = load_or_fail(scenario_file, overrides)
         run_dir = out or new_run_dir(scenario)
+    try:  # a scenario that cannot start leaves no run directory behind
+        check_run(scenario, resume=resume is not None)
+    except CHECK_ERRORS as exc:
+        fail(str(exc))
     writer = RunWriter(run_dir, plots=scenario.output.plots)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
@@ -126,13 +164,12 @@ def run(
         fail(str(exc))
     except Diverged as exc:
         fail(f"{exc}; metrics up to the last finite round are in {run_dir}", code=1)
+    except ClientsFailed as exc:  # client code raised on every job: a bug, not bad input
+        fail(f"{exc}; run directory: {run_dir}", code=1)
     if result.arrays is not None:
         save_arrays(run_dir / "model.npz", result.arrays)
-    table = Table(show_header=False, box=None)
-    for key, value in result.summary.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console.print(table)
-    console.print(f"run directory: [bold]{run_dir}[/]")
+    show_table([(key, _fmt(value)) for key, value in result.summary.items()])
+    say(f"run directory: {run_dir}")
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -142,15 +179,57 @@ def _log_file(run_dir: Path) -> Path:
 
 @app.command()
 def validate(
-    scenario_files: Annotated[list[Path], typer.Argument(help="Scenario YAML files.",
-                                                         show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Scenario or sweep YAML files, or directories (every *.yaml / *.yml in them, "
+             "recursively).", show_default=False)],
     overrides: Overrides = None,
 ) -> None:
-    """Check scenario files without running them (exit code 2 on the first bad one)."""
-    for path in scenario_files:
-        s = load_or_fail(path, overrides)
-        console.print(f"ok  {path}: {s.name} ({s.strategy.name}, {s.clients.count} clients, "
-                      f"{s.rounds} rounds)", highlight=False)
+    """Run every check `fedsim run` does before training, without training: one line a file.
+
+    Schema, registries, and the strategy built as a run builds it (its own checks, the
+    topology's connectivity, checkpointing), with no Ray and no network. A sweep file is
+    checked at every (point, seed), with --set applied to its base. Exit code 2 if any
+    file is bad; every file is still checked.
+    """
+    from fedsim.checks import CHECK_ERRORS, check_run
+    from fedsim.scenario import read_yaml
+    from fedsim.sweep import check_sweep, is_sweep
+
+    bad = 0
+    for path in _yaml_files(paths):
+        try:
+            if is_sweep(read_yaml(path)):
+                spec, runs = check_sweep(path, overrides)
+                say(f"ok  {path}: sweep {spec.name} ({runs} runs)")
+                continue
+            scenario = load_scenario(path, overrides or [])
+            try:
+                check_run(scenario)
+            except CHECK_ERRORS as exc:
+                raise ScenarioError(f"{path}: {exc}") from None
+            say(f"ok  {path}: {scenario.name} ({scenario.strategy.name}, "
+                f"{scenario.clients.count} clients, {scenario.rounds} rounds)")
+        except ScenarioError as exc:
+            error_line(str(exc))
+            bad += 1
+    if bad:
+        raise typer.Exit(2)
+
+
+def _yaml_files(paths: list[Path]) -> list[Path]:
+    """The files themselves, and every YAML file under each directory, in a fixed order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")
+                           and p.is_file() and not any(part.startswith(".") for part in
+                                                       p.relative_to(path).parts))
+            if not found:
+                fail(f"{path}: no *.yaml or *.yml files in this directory")
+            files += found
+        else:
+            files.append(path)  # a missing file is reported by read_yaml, in its turn
+    return files
 
 
 @app.command()
@@ -158,10 +237,8 @@ def strategies() -> None:
     """List the strategies a scenario can name, with one line each."""
     from strategies import registry
 
-    table = Table("name", "what it is")
-    for name, info in sorted(registry().items()):
-        table.add_row(name, info.summary)
-    console.print(table)
+    show_table([(name, info.summary) for name, info in sorted(registry().items())],
+               header=("name", "what it is"))
 
 
 topology_app = typer.Typer(help="Inspect a scenario's communication graph.",
@@ -193,18 +270,13 @@ def topology_show(
         gap = gap_of(mixing_matrix(graph, mixing))
     except TopologyError as exc:
         fail(str(exc))
-    table = Table(show_header=False, box=None)
-    table.add_row("topology", str(scenario.topology))
-    for key, value in degree_stats(graph).items():
-        table.add_row(key.replace("_", " "), f"{value:.4g}" if isinstance(value, float)
-                      else str(value))
-    table.add_row("mixing", mixing)
-    table.add_row("spectral gap 1-λ", f"{gap:.4g}")
-    table.add_row(f"spectral gap 1-λ^Q (Q={steps})", f"{1 - (1 - gap) ** steps:.4g}")
+    rows = [("topology", str(scenario.topology))]
+    rows += [(key.replace("_", " "), _fmt(value)) for key, value in degree_stats(graph).items()]
+    rows += [("mixing", mixing), ("spectral gap 1-λ", f"{gap:.4g}"),
+             (f"spectral gap 1-λ^Q (Q={steps})", f"{1 - (1 - gap) ** steps:.4g}")]
     png = out or scenario.output.dir / f"{scenario.name}-topology.png"
     draw_topology(graph, png, title=f"{scenario.name}: {scenario.topology}", seed=scenario.seed)
-    table.add_row("png", str(png))
-    console.print(table)
+    show_table([*rows, ("png", str(png))])
 
 
 @app.command()
@@ -238,11 +310,11 @@ def sweep(
             progress.update(bar, advance=1, status=f"{point.dirname}: {state}")
 
         outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance)
-    console.print(f"{outcome.done} run, {outcome.skipped} skipped (done before), "
-                  f"{outcome.failed} failed -> {out_dir}", highlight=False)
+    say(f"{outcome.done} run, {outcome.skipped} skipped (done before), "
+        f"{outcome.failed} failed -> {out_dir}")
     if report_too:
         paths = write_report(collect([out_dir / "runs"]), out_dir / "report", spec.target_accuracy)
-        console.print(f"report: {paths['md']}", highlight=False)
+        say(f"report: {paths['md']}")
 
 
 @app.command()
@@ -255,7 +327,11 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="Also print the table: md, csv or json.")
                    ] = "md",
 ) -> None:
-    """Compare runs: mean +- std over seeds, time and bytes to target, curves with bands."""
+    """Compare runs: mean +- std over seeds, time and bytes to target, curves with bands.
+
+    The printed table is the written file verbatim (never wrapped), so
+    `fedsim report DIR --format json | jq` and `--format csv > t.csv` work.
+    """
     from fedsim.report import collect, summarize, table_csv, write_report
 
     missing = [p for p in paths if not p.exists()]
@@ -268,11 +344,10 @@ def report(
         fail(f"no runs found under {', '.join(map(str, paths))} (a run directory has summary.json)")
     written = write_report(runs, out, target)
     if fmt == "csv":
-        console.print(table_csv(summarize(runs, target)), highlight=False, markup=False)
-    elif fmt == "json":
-        console.print(written["json"].read_text(), highlight=False, markup=False)
+        sys.stdout.write(table_csv(summarize(runs, target)))
     else:
-        console.print(written["md"].read_text(), highlight=False, markup=False)
+        sys.stdout.write(written[fmt].read_text())
+    sys.stdout.flush()
 
 
 @app.command()

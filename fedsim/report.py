@@ -163,7 +163,7 @@ def plot_curves(runs: list[RunData], out_dir: Path) -> list[Path]:
             xs = np.mean([c[0][:length] for c in curves], axis=0)
             ys = np.array([c[1][:length] for c in curves])
             mean, std = ys.mean(axis=0), ys.std(axis=0)
-            ax.plot(xs, mean, label=names[group])
+            ax.plot(xs, mean, label=_legend(names[group]))
             ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
             drawn = True
         if not drawn:
@@ -179,6 +179,14 @@ def plot_curves(runs: list[RunData], out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+LEGEND_CHARS = 60
+"""A longer point name would squeeze the plot to nothing; the tables keep it whole."""
+
+
+def _legend(name: str) -> str:
+    return name if len(name) <= LEGEND_CHARS else name[:LEGEND_CHARS - 1] + "…"
 
 
 def _curve(records: list[dict[str, Any]], key: str, x_key: str

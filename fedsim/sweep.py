@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from fedsim.checks import CHECK_ERRORS, check_run
 from fedsim.core.schema import ScenarioError, Spec, describe_error, scenario_to_dict
 from fedsim.scenario import apply_overrides, parse_scenario, read_yaml, set_path
 
@@ -92,6 +93,33 @@ def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
         base = read_yaml(spec.base if spec.base.is_absolute() else path.parent / spec.base)
     apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in spec.set.items()])
     return spec, base
+
+
+SWEEP_KEYS = frozenset({"base", "grid", "zip", "seeds", "target_accuracy"})
+"""Keys only a sweep file has: a YAML mapping with one of them is a sweep, not a scenario."""
+
+
+def is_sweep(data: dict[str, Any]) -> bool:
+    return bool(SWEEP_KEYS & data.keys())
+
+
+def check_sweep(path: Path, overrides: list[str] | None = None) -> tuple[SweepSpec, int]:
+    """Every (point, seed) of a sweep through the checks `fedsim run` does before training.
+
+    `overrides` apply to the base scenario, like the sweep's own `set`. Returns the
+    spec and the number of runs; the first bad point raises, naming the point.
+    """
+    spec, base = load_sweep(path)
+    apply_overrides(base, overrides or [])
+    points = expand(spec)
+    for point in points:
+        where = f"{path}: point {point.label}, seed {point.seed}"
+        scenario = parse_scenario(point_scenario(base, point), source=where)
+        try:
+            check_run(scenario)
+        except CHECK_ERRORS as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
+    return spec, len(points)
 
 
 def expand(spec: SweepSpec) -> list[Point]:

@@ -93,3 +93,14 @@ def test_strategies_lists_flower_builtins():
     assert result.exit_code == 0
     for name in ("fedavg", "fedprox", "fedadam", "krum"):
         assert name in result.output
+
+
+def test_tables_on_a_pipe_are_plain_lines_that_do_not_wrap():
+    from strategies import registry
+
+    result = runner.invoke(app, ["strategies"], env={"COLUMNS": "40"})
+    assert result.exit_code == 0
+    rows = [line.split("\t") for line in result.output.splitlines()]
+    assert rows[0] == ["name", "what it is"]
+    assert {name: summary for name, summary in rows[1:]} == {
+        name: info.summary for name, info in registry().items()}

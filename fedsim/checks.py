@@ -1,0 +1,110 @@
+"""The build-time checks of a run, in one place for `fedsim run` and `fedsim validate`.
+
+A scenario can pass its schema and still be one that no run can start: a
+strategy's builder checks the scenario against itself (SGC needs more rounds
+than its decoding delay, FedSpeed refuses momentum), a topology must be
+connected, a strategy with its own round loop cannot be checkpointed. Those
+checks live in the builders, so the only faithful check is to build the run's
+task, device population and strategy exactly as the runner does. Both the
+runner and `validate` go through `prepare_data` and `build_checked`, so what
+`validate` accepts is what `run` starts. Nothing here starts Ray or a pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from flwr.serverapp.strategy import Strategy
+
+from fedsim import checkpoint as ckpt
+from fedsim.core.schema import Scenario, ScenarioError
+from fedsim.core.task import Task
+from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.tasks import make_task
+from strategies import BuildContext, build_strategy
+from topologies import TopologyError
+
+CHECK_ERRORS: tuple[type[Exception], ...] = (ScenarioError, TopologyError, ckpt.CheckpointError)
+"""What a failed build-time check raises; each is one line naming the field."""
+
+
+def prepare_data(scenario: Scenario) -> tuple[Task, DevicePopulation]:
+    """The task with its shared data computed, and the device population."""
+    task = make_task(scenario)
+    task.shared_data()
+    devices = DevicePopulation(scenario.clients, scenario.seed,
+                               labels=lambda i: task.train_data(i).y)  # label-correlated p
+    return task, devices
+
+
+def build_checked(scenario: Scenario, context: BuildContext, checkpointing: bool) -> Strategy:
+    """The scenario's strategy built from `context`; a failed check is one of `CHECK_ERRORS`.
+
+    `checkpointing`: the run writes or resumes from checkpoints, which a strategy
+    with its own round loop must support.
+    """
+    try:
+        strategy = build_strategy(scenario, context)
+    except ValueError as exc:  # a builder's plain check of the scenario
+        if type(exc) is not ValueError:  # ScenarioError, TopologyError: already one line
+            raise
+        raise ScenarioError(f"strategy {scenario.strategy.name!r}: {exc}") from None
+    if checkpointing and not ckpt.can_resume(strategy):
+        raise ckpt.CheckpointError(
+            f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
+            "without a resume path (`resumes_own_loop`); set checkpoint.every: 0")
+    return strategy
+
+
+def checkpointing(scenario: Scenario, resume: bool = False) -> bool:
+    """Whether `fedsim run` checkpoints this scenario (it always has a run directory)."""
+    return resume or bool(scenario.checkpoint.every)
+
+
+def check_run(scenario: Scenario, resume: bool = False) -> tuple[Task, DevicePopulation]:
+    """Every check `fedsim run` does before training, without starting anything.
+
+    Returns the prepared task and devices, which a run may reuse instead of preparing
+    them again.
+
+    Leaves the global random state and Flower's log as they were, so a run that
+    follows is the same as one that did not check first; libraries' deprecation
+    warnings are the run's to show, not the check's.
+    """
+    with _untouched_random_state(), _quiet_flower(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        task, devices = prepare_data(scenario)  # no grid: builders get no services
+        build_checked(scenario, BuildContext(scenario, scenario.clients.count, task, devices),
+                      checkpointing(scenario, resume))
+    return task, devices
+
+
+@contextlib.contextmanager
+def _untouched_random_state() -> Iterator[None]:
+    """Builders may seed or draw from the global generators; a later run must not notice."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+@contextlib.contextmanager
+def _quiet_flower() -> Iterator[None]:
+    """Flower's build-time warnings belong in a run's log, not in `validate`'s output."""
+    logger = logging.getLogger("flwr")
+    saved, saved_propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [logging.NullHandler()], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved, saved_propagate
