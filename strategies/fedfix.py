@@ -298,17 +298,9 @@ class EventDrivenFedAvg(OwnLoop, FedAvg):
         self._restart_owed()
 
     def _online(self) -> set[int]:
-        """The partitions of the online nodes (a node missing from the partition map, one
-        that joined after it was learnt, holds no partition the run knows: left out)."""
+        """The partitions of the online nodes."""
         assert self._services is not None
-        partitions = self._services.partitions
-        online = set()
-        for node in self._grid.get_node_ids():
-            try:
-                online.add(partitions.partition_of(node))
-            except KeyError:
-                continue
-        return online
+        return self._services.partitions.online(self._grid.get_node_ids())
 
     def _restart(self, partitions: Iterable[int]) -> None:
         """Send the current model to these clients now (offline ones idle until next step)."""

@@ -364,7 +364,7 @@ class GradientCodingGD(OwnLoop, FedAvg):
         """
         assert self._services is not None
         partitions = self._services.partitions
-        online = online_partitions(grid, partitions)
+        online = partitions.online(grid.get_node_ids())
         arrays = unflatten(self._x, self._like)
         messages = []
         for worker in range(self.n):
@@ -429,18 +429,6 @@ class IgnoreStragglersGD(GradientCodingGD):
         arrived = sum(float(m["num-examples"]) for m in metrics)
         total = float(metrics[0]["total-samples"])
         return total / arrived * sum(flatten(m.content["arrays"]) for m in replies)
-
-
-def online_partitions(grid: Grid, partitions: PartitionMap) -> set[int]:
-    """The partitions (workers) whose nodes are online now. A node missing from the map (one
-    that joined after it was learnt) holds no partition the run knows, and is left out."""
-    online = set()
-    for node in grid.get_node_ids():
-        try:
-            online.add(partitions.partition_of(node))
-        except KeyError:
-            continue
-    return online
 
 
 class GradientCodingParams(BaseModel):

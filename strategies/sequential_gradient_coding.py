@@ -55,6 +55,7 @@ from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
 from fedsim.core.services import GridServices, services_for
+from fedsim.core.stragglers import check_model, round_conforms
 from fedsim.core.task import Dataset, Task
 from strategies import BuildContext, StrategyInfo
 from strategies.gradient_coding import (
@@ -64,38 +65,11 @@ from strategies.gradient_coding import (
     encode,
     encoding_matrix,
     gc_load,
-    online_partitions,
     weighted_gradient,
 )
 
 IDLE = -1
 """Task code of a worker slot that delivered nothing (straggled) or was given nothing to do."""
-
-
-def check_model(B: int, W: int, lam: int) -> None:
-    """Refuse a (B, W, λ) model that is not one: 1 ≤ B ≤ W, λ ≥ 0."""
-    if not 1 <= B <= W or lam < 0:
-        raise ValueError(f"the (B, W, λ) model needs 1 ≤ B ≤ W and λ ≥ 0, got ({B}, {W}, {lam})")
-
-
-def round_conforms(history: np.ndarray, is_straggler: np.ndarray, B: int, W: int, lam: int
-                   ) -> bool:
-    """Whether round r = len(history) with stragglers `is_straggler` keeps the pattern
-    conforming to the (B, W, λ)-bursty model (as in the official code: at most λ distinct
-    stragglers in rounds r−W+1..r, and a worker straggling in round r did not straggle in
-    rounds r−W+1..r−B). `history` is the boolean pattern [r, n] of the earlier rounds.
-
-    The master's rule, here because strategies do not import the engine; the device
-    population's sampler uses the same model (`fedsim.engine.stragglers.round_conforms`,
-    which a test keeps equal to this one).
-    """
-    check_model(B, W, lam)
-    r = history.shape[0]
-    recent = history[max(0, r - W + 1) : r].any(axis=0)
-    if np.count_nonzero(recent | is_straggler) > lam:
-        return False
-    outside_burst = history[max(0, r - W + 1) : max(0, r - B + 1)].any(axis=0)
-    return not np.any(outside_burst & is_straggler)
 
 
 @dataclass(frozen=True)
@@ -705,7 +679,7 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
         by_worker: dict[int, list[list[int]]] = {}
         for a in scheme.assignments(r, tasks):
             by_worker.setdefault(a.worker, []).append([a.job, a.task])
-        online = online_partitions(grid, partitions)
+        online = partitions.online(grid.get_node_ids())
         models = {job: unflatten(self._models[job], self._like)  # each job's model, once
                   for job in sorted({job for work in by_worker.values() for job, _ in work})}
         messages, workers = [], []

@@ -15,8 +15,8 @@ import pytest
 
 from fedsim.core.codec import flatten
 from fedsim.core.schema import ClientsSpec
+from fedsim.core.stragglers import conforms
 from fedsim.engine.devices import DevicePopulation
-from fedsim.engine.stragglers import conforms
 from fedsim.engine.tasks import make_task
 from fedsim.runner import RunResult, simulate
 from fedsim.scenario import load_scenario

@@ -58,6 +58,11 @@ class PartitionMap:
     def node_of(self, partition: int) -> int:
         return self._node[int(partition)]
 
+    def online(self, node_ids: Iterable[int]) -> set[int]:
+        """The partitions of these nodes; a node the map does not know (one that joined
+        after it was learnt) holds no partition the run knows, and is left out."""
+        return {self._partition[n] for n in node_ids if n in self._partition}
+
     def in_partition_order(self, node_ids: Iterable[int]) -> list[int]:
         """The given nodes sorted by the partition they hold."""
         return sorted(node_ids, key=self.partition_of)
