@@ -69,7 +69,7 @@ from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.seeding import rng
-from fedsim.engine.grid import NODE_ID_OFFSET
+from fedsim.core.services import GridServices, PartitionMap, services_for
 from strategies import BuildContext, StrategyInfo
 
 STATE_KEY = "admm"
@@ -145,13 +145,20 @@ class ADMM(FedAvg):
     server_rule : "stored" | "sampled", default "stored"
         "stored": average every client's last contribution; "sampled": only this round's
         replies (diverges for p < 1; an experiment, not a default).
+    services : GridServices | None
+        The grid's services (the runner's); None: asked of the grid at the first round.
+
+    Client k is the node holding partition k (node ids are opaque): draws, stored
+    contributions and the order of every sum go by partition, so a run on a SuperLink, whose
+    ids are random and whose replies arrive in any order, gives the simulator's numbers.
     """
 
     message_type: ClassVar[str] = "train.admm"
 
     def __init__(self, *, num_nodes: int, seed: int, rho: float = 1.0,
                  participation: float = 1.0,
-                 server_rule: Literal["stored", "sampled"] = "stored") -> None:
+                 server_rule: Literal["stored", "sampled"] = "stored",
+                 services: GridServices | None = None) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1)
         self.num_nodes, self.seed, self.rho = num_nodes, seed, rho
@@ -159,6 +166,13 @@ class ADMM(FedAvg):
         self.w: np.ndarray | None = None
         self.stored: np.ndarray | None = None  # K × L, last contribution of each client
         self._like: ArrayRecord | None = None
+        self.services = services  # the grid's, not state: never checkpointed
+
+    def partition_map(self, grid: Grid) -> PartitionMap:
+        """Which partition each node holds (asks the grid once if no services were given)."""
+        if self.services is None:
+            self.services = services_for(grid, None)
+        return self.services.partitions
 
     def broadcast(self) -> np.ndarray:
         """The vector scheduled clients receive: the global model w."""
@@ -169,12 +183,14 @@ class ADMM(FedAvg):
         self.w = average
 
     def schedule(self, server_round: int, grid: Grid) -> list[int]:
-        """Online nodes drawn independently with probability p (seeded per round)."""
-        nodes = sorted(grid.get_node_ids())
+        """Online nodes drawn independently with probability p (seeded per round, one draw
+        per partition), in partition order."""
+        partitions = self.partition_map(grid)
+        nodes = partitions.in_partition_order(grid.get_node_ids())
         if self.participation >= 1:
             return nodes
         draws = rng(self.seed, "admm-schedule", server_round).random(self.num_nodes)
-        return [n for n in nodes if draws[n - NODE_ID_OFFSET] < self.participation]
+        return [n for n in nodes if draws[partitions.partition_of(n)] < self.participation]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -192,10 +208,13 @@ class ADMM(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         assert self.w is not None and self.stored is not None and self._like is not None
+        assert self.services is not None  # set by configure_train
+        partition_of = self.services.partitions.partition_of
+        valid = sorted(valid, key=lambda m: partition_of(m.metadata.src_node_id))
         received = []
         for message in valid:
             s_k = flatten(message.content["arrays"])
-            self.stored[message.metadata.src_node_id - NODE_ID_OFFSET] = s_k
+            self.stored[partition_of(message.metadata.src_node_id)] = s_k
             received.append(s_k)
         if self.server_rule == "sampled":
             if received:
@@ -245,7 +264,8 @@ class ADMMParams(BaseModel):
 
 def _builder(cls: type[ADMM]):  # type: ignore[no-untyped-def]
     def build(params: ADMMParams, context: BuildContext) -> ADMM:
-        return cls(num_nodes=context.num_nodes, seed=context.scenario.seed, **params.model_dump())
+        return cls(num_nodes=context.num_nodes, seed=context.scenario.seed,
+                   services=context.services, **params.model_dump())
 
     return build
 

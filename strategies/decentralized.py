@@ -19,9 +19,12 @@ One round, for every node i that is online and replies::
 How it is simulated. There is no server in the algorithm; here the server process only
 *holds* each node's model x_i between rounds and plays the network: it sends node i its
 own model in a ``train.dfedsam`` message, the node does its K local steps and replies
-z_i, and the server runs the Q gossip steps over the simulated node-to-node links
+z_i, and the server runs the Q gossip steps through the grid services
+(``GridServices.gossip``): on the simulator over the node-to-node links
 (:mod:`fedsim.engine.links`: sender uplink time, noise and erasure; Q·deg(i) model transfers
-counted per node and round). The train message and its reply are therefore a relay
+counted per node and round), deployed relayed by the server. Graph vertex i is the node that
+holds data partition i, on every grid (node ids are opaque). The train message and its reply
+are therefore a relay
 artifact: SimGrid counts them as ordinary server traffic (one model down and one up per
 node and round) on top of the gossip bytes, which are also reported on their own as
 ``gossip_bytes``.
@@ -29,7 +32,7 @@ node and round) on top of the gossip bytes, which are also reported on their own
 - **Availability.** Nodes not online this round, or whose reply is lost or late (after
   ``deadline_s``), keep their model and take no part in gossip; their neighbours treat
   them as lost messages and renormalize their weights (``on_missing``, see
-  :mod:`fedsim.engine.links`).
+  :mod:`topologies.mixing`).
 - **Topologies.** ``scenario.topology``; time-varying ones (``random_matching``,
   ``resample``) draw each round's graph with :func:`topologies.graph_for_round`. A fixed
   topology must be connected (else :class:`topologies.TopologyError` at build time). On
@@ -49,6 +52,7 @@ node and round) on top of the gossip bytes, which are also reported on their own
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -72,11 +76,9 @@ from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
 from fedsim.core.schema import ScenarioError
 from fedsim.core.seeding import rng
+from fedsim.core.services import GridServices, services_for
 from fedsim.core.task import Dataset, Task
 from fedsim.core.training import TrainConfig, local_batches, make_optimizer
-from fedsim.engine.channel import payload_nbytes
-from fedsim.engine.grid import NODE_ID_OFFSET, SimGrid
-from fedsim.engine.links import OnMissing, gossip_over_links
 from strategies import BuildContext, StrategyInfo
 from topologies import (
     MixingKind,
@@ -88,6 +90,7 @@ from topologies import (
     mixing_lambda,
     mixing_matrix,
 )
+from topologies.mixing import OnMissing
 
 MESSAGE_TYPE = "train.dfedsam"
 RHO_KEY = "sam-rho"
@@ -169,8 +172,8 @@ class DFedSAM(OwnLoop, FedAvg):
     topology : TopologySpec
         The communication graph (``scenario.topology``).
     num_nodes : int
-        m, the number of nodes (graph vertices 0..m-1 are nodes
-        ``NODE_ID_OFFSET + i`` on a SimGrid, sorted node ids on a deployed grid).
+        m, the number of nodes (graph vertex i is the node holding partition i, on every
+        grid).
     task : Task
         For evaluating each node's model on the server's test set.
     seed : int (default: 0)
@@ -189,19 +192,23 @@ class DFedSAM(OwnLoop, FedAvg):
         0 = only in the last round.
     node_eval_max : int (default: 64)
         Evaluate at most this many node models (a seeded random subset per round).
+    services : GridServices | None (default: None)
+        The grid's services (partition map, gossip); None: asked of the grid in `prepare`.
+        Not state: never checkpointed.
     """
 
     def __init__(self, topology: TopologySpec, num_nodes: int, task: Task, seed: int = 0,
                  rho: float = 0.01, gossip_steps: int = 1,
                  mixing: MixingKind = "metropolis_hastings",
                  on_missing: OnMissing = "renormalize", node_eval_every: int = 1,
-                 node_eval_max: int = 64) -> None:
+                 node_eval_max: int = 64, services: GridServices | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=1)
         self.topology, self.num_nodes, self.task, self.seed = topology, num_nodes, task, seed
         self.rho, self.gossip_steps, self.mixing = rho, gossip_steps, mixing
         self.on_missing: OnMissing = on_missing
         self.node_eval_every, self.node_eval_max = node_eval_every, node_eval_max
+        self.services = services
         if topology.time_varying == "none":
             self._fixed_W: np.ndarray | None = self._mixing_for(
                 build_graph(topology, num_nodes, seed))
@@ -225,10 +232,12 @@ class DFedSAM(OwnLoop, FedAvg):
                 timeout: float | None, config: ConfigRecord) -> None:
         """The run's context; the runner's `evaluate_fn(t, x̄)` follows every round."""
         self._grid, self._timeout, self._num_rounds = grid, timeout, num_rounds
-        self._node_id_list = self._node_ids(grid)
+        if self.services is None:
+            self.services = services_for(grid, None)
+        self._node_id_list = self._node_ids(self.services)
         self._vertex_of = {node_id: i for i, node_id in enumerate(self._node_id_list)}
         self._template = initial_arrays
-        self._model_nbytes = payload_nbytes(RecordDict({"arrays": initial_arrays}))
+        self._model_nbytes = _payload_nbytes(initial_arrays)
         self._float_mask = _float_mask(initial_arrays)
         self._config = ConfigRecord(dict(config))
         self._config[RHO_KEY] = float(self.rho)
@@ -247,16 +256,17 @@ class DFedSAM(OwnLoop, FedAvg):
                             node_ids[i], MESSAGE_TYPE, group_id=str(n))
                     for i, arrays in zip(online, _node_arrays(self._X, online, template),
                                          strict=True)]
-        replies = [r for r in grid.send_and_receive(messages, timeout=self._timeout)
-                   if not r.has_error()]
+        replies = sorted((r for r in grid.send_and_receive(messages, timeout=self._timeout)
+                          if not r.has_error()),
+                         key=lambda r: self._vertex_of[r.metadata.src_node_id])
         Z, active = self._X.copy(), np.zeros(self.num_nodes, dtype=bool)
         for r in replies:
             i = self._vertex_of[r.metadata.src_node_id]
             Z[i], active[i] = flatten(r.content["arrays"]), True
         W = self._round_W(n)
-        X, report = gossip_over_links(grid, Z, W, active, self.gossip_steps, n,
-                                      self._model_nbytes, self.on_missing, self._float_mask,
-                                      self.seed)
+        assert self.services is not None  # set by prepare
+        X, report = self.services.gossip(Z, W, active, self.gossip_steps, n,
+                                         self._model_nbytes, self.on_missing, self._float_mask)
         self._X = X
         lam = self._round_lambda(W)
         self._round_arrays = unflatten(_network_average(X), template)
@@ -283,14 +293,14 @@ class DFedSAM(OwnLoop, FedAvg):
 
     # ------------------------------------------------------------ helpers
 
-    def _node_ids(self, grid: Grid) -> list[int]:
-        """Node ids in graph-vertex order."""
-        if isinstance(grid, SimGrid):
-            return [NODE_ID_OFFSET + i for i in range(self.num_nodes)]
-        ids = sorted(grid.get_node_ids())
-        if len(ids) != self.num_nodes:
+    def _node_ids(self, services: GridServices) -> list[int]:
+        """Node ids in graph-vertex order: vertex i is the node holding partition i."""
+        partitions = services.partitions
+        ids = partitions.node_ids
+        if partitions.num_partitions != self.num_nodes or len(ids) != self.num_nodes:
             raise ScenarioError(f"clients.count: the topology has {self.num_nodes} nodes but "
-                                f"{len(ids)} are connected; they must match")
+                                f"the grid has {len(ids)} nodes holding "
+                                f"{partitions.num_partitions} partitions; they must match")
         return ids
 
     def _mixing_for(self, graph: Any) -> np.ndarray:
@@ -392,9 +402,14 @@ def _builder(cls: type[DFedSAM], name: str) -> Callable[[BaseModel, BuildContext
                 f"topology: strategy {name!r} is decentralized and needs a `topology` "
                 "section, e.g. `topology: {name: ring}`")
         return cls(topology, ctx.num_nodes, ctx.task, ctx.scenario.seed,
-                   **params.model_dump())
+                   services=ctx.services, **params.model_dump())
 
     return build
+
+
+def _payload_nbytes(arrays: ArrayRecord) -> int:
+    """Bytes of one model on a link: its arrays' payloads (as the simulator counts them)."""
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in arrays.values())
 
 
 def _float_mask(arrays: ArrayRecord) -> np.ndarray:

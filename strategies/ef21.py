@@ -59,9 +59,9 @@ from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.seeding import rng
+from fedsim.core.services import GridServices, PartitionMap, services_for
 from fedsim.core.task import Dataset, Task
 from fedsim.core.training import TrainConfig, local_sgd
-from fedsim.engine.grid import NODE_ID_OFFSET
 from strategies import BuildContext, StrategyInfo
 from strategies.compressors import (
     Compressed,
@@ -233,6 +233,12 @@ class CompressedGradientStrategy(FedAvg):
         n, the number of clients f averages over.
     seed : int
         Seeds participation sampling.
+    services : GridServices | None
+        The grid's services (the runner's); None: asked of the grid at the first round.
+
+    Client i is the node holding partition i (node ids are opaque): sampling, s_i, a_i and
+    the order of the sum go by partition, so a run on a SuperLink, whose ids are random and
+    whose replies arrive in any order, gives the simulator's numbers.
     """
 
     message_type: ClassVar[str] = "train.ef21"
@@ -242,7 +248,8 @@ class CompressedGradientStrategy(FedAvg):
     def __init__(self, *, num_nodes: int, seed: int, compressor: Compressor | None = None,
                  lr: float | None = None, step_factor: float = 1.0, participation: float = 1.0,
                  batch_fraction: float | None = None, gradient_noise_std: float = 0.0,
-                 smoothness: Smoothness | None = None, **extra_config: Any) -> None:
+                 smoothness: Smoothness | None = None, services: GridServices | None = None,
+                 **extra_config: Any) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1)
         self.compressor = compressor if compressor is not None else TopK(k=1)
@@ -258,6 +265,13 @@ class CompressedGradientStrategy(FedAvg):
         self.direction: np.ndarray | None = None  # EF21's g (EControl's h)
         self.gamma: float | None = None
         self._like: ArrayRecord | None = None
+        self.services = services  # the grid's, not state: never checkpointed
+
+    def partition_map(self, grid: Grid) -> PartitionMap:
+        """Which partition each node holds (asks the grid once if no services were given)."""
+        if self.services is None:
+            self.services = services_for(grid, None)
+        return self.services.partitions
 
     # -- what subclasses vary
 
@@ -293,7 +307,8 @@ class CompressedGradientStrategy(FedAvg):
             self.gamma = self.step_factor * self.step_size(self.compressor.alpha(self.x.size))
 
     def _sample(self, server_round: int, grid: Grid) -> list[int]:
-        nodes = sorted(grid.get_node_ids())
+        """The round's nodes, in partition order (the draw picks positions in that order)."""
+        nodes = self.partition_map(grid).in_partition_order(grid.get_node_ids())
         if server_round == 1 or self.participation >= 1:
             return nodes
         size = max(1, math.floor(self.participation * len(nodes)))
@@ -312,8 +327,9 @@ class CompressedGradientStrategy(FedAvg):
             "ef-noise-std": float(self.gradient_noise_std),
         } | self.extra_config
         messages = []
+        partition_of = self.partition_map(grid).partition_of
         for node in self._sample(server_round, grid):
-            scale = self.client_scale(node - NODE_ID_OFFSET)
+            scale = self.client_scale(partition_of(node))
             node_config = ConfigRecord(shared | {"ef-scale": scale})
             content = RecordDict({"arrays": arrays, "config": node_config})
             messages.append(Message(content=content, dst_node_id=node,
@@ -325,7 +341,10 @@ class CompressedGradientStrategy(FedAvg):
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid or self.x is None:
             return None, None
-        weights = self.weights([m.metadata.src_node_id - NODE_ID_OFFSET for m in valid])
+        assert self.services is not None  # set by configure_train
+        partition_of = self.services.partitions.partition_of
+        valid = sorted(valid, key=lambda m: partition_of(m.metadata.src_node_id))
+        weights = self.weights([partition_of(m.metadata.src_node_id) for m in valid])
         aggregate = np.zeros_like(self.x)
         totals = {"value_bits": 0.0, "index_bits": 0.0}
         loss_sum, examples = 0.0, 0
@@ -443,7 +462,7 @@ def builder(cls: type[CompressedGradientStrategy]
         values = params.model_dump()
         values["compressor"] = getattr(params, "compressor")  # noqa: B009  (keep the object)
         return cls(num_nodes=context.num_nodes, seed=context.scenario.seed,
-                   smoothness=task_smoothness(context), **values)
+                   smoothness=task_smoothness(context), services=context.services, **values)
 
     return build
 

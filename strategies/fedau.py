@@ -21,6 +21,7 @@ the model it sent.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -28,6 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsim.core.services import GridServices, PartitionMap, services_for
 from strategies import BuildContext, StrategyInfo
 
 NO_CUTOFF = 100_000
@@ -130,17 +132,31 @@ class FedAU(FedAvg):
         As in Flower's FedAvg (sampling among the online nodes). When fewer
         than the minimum are online the round has no participants instead of
         waiting: in virtual time nobody comes online while the server waits.
+    services : GridServices | None
+        The grid's services (the runner's); None: asked of the grid at the first round.
+
+    Node ids are opaque: Flower's sampling draws from the online nodes listed in partition
+    order, and replies are summed in the order the messages were sent, so a run on a
+    SuperLink (random ids, replies in any order) gives the simulator's numbers.
     """
 
     def __init__(self, num_nodes: int, global_lr: float = 1.0, cutoff: int = NO_CUTOFF,
-                 estimate_includes_current_round: bool = False, **fedavg_kwargs: object
-                 ) -> None:
+                 estimate_includes_current_round: bool = False,
+                 services: GridServices | None = None, **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.num_nodes = num_nodes
         self.global_lr = global_lr
         self.estimate_includes_current_round = estimate_includes_current_round
         self.estimator = IntervalEstimator(cutoff)
         self._sent: ArrayRecord | None = None
+        self.services = services  # the grid's, not state: never checkpointed
+        self._send_order: dict[int, int] = {}  # node -> position in the last configure
+
+    def partition_map(self, grid: Grid) -> PartitionMap:
+        """Which partition each node holds (asks the grid once if no services were given)."""
+        if self.services is None:
+            self.services = services_for(grid, None)
+        return self.services.partitions
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -148,13 +164,33 @@ class FedAU(FedAvg):
         self._sent = arrays
         if not self._enough_online(grid, self.min_train_nodes):
             return []
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._remember_order(super().configure_train(
+            server_round, arrays, config, self._sampling_grid(grid)))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if not self._enough_online(grid, self.min_evaluate_nodes):
             return []
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        return self._remember_order(super().configure_evaluate(
+            server_round, arrays, config, self._sampling_grid(grid)))
+
+    def _sampling_grid(self, grid: Grid) -> Grid:
+        """`grid` as Flower's sampling should see it: online nodes in partition order."""
+        return cast(Grid, _InPartitionOrder(grid, self.partition_map(grid)))
+
+    def _remember_order(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self._send_order = {m.metadata.dst_node_id: k for k, m in enumerate(messages)}
+        return messages
+
+    def _in_send_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies in the order their messages were sent, however they arrived."""
+        last = len(self._send_order)
+        return sorted(replies, key=lambda m: self._send_order.get(m.metadata.src_node_id, last))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return super().aggregate_evaluate(server_round, self._in_send_order(replies))
 
     def _enough_online(self, grid: Grid, minimum: int) -> bool:
         online = len(list(grid.get_node_ids()))
@@ -163,7 +199,7 @@ class FedAU(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """x + (gamma/N) sum omega_n (y_n - x), then record this round's intervals."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, _ = self._check_and_log_replies(self._in_send_order(replies), is_train=True)
         participants = [reply.metadata.src_node_id for reply in valid]
         if self.estimate_includes_current_round:
             self.estimator.observe(participants)
@@ -182,6 +218,21 @@ class FedAU(FedAvg):
         metrics["fedau_weight_mean"] = mean
         metrics["fedau_weight_max"] = largest
         return arrays, metrics
+
+
+class _InPartitionOrder:
+    """`grid` with its online nodes listed in partition order, for Flower's sampling
+    (`random.sample` of that list): the same seed then picks the same partitions, in the same
+    order, on any grid. On a SimGrid the list is already in that order."""
+
+    def __init__(self, grid: Grid, partitions: PartitionMap) -> None:
+        self._grid, self._partitions = grid, partitions
+
+    def get_node_ids(self) -> list[int]:
+        return self._partitions.in_partition_order(self._grid.get_node_ids())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
 
 
 def _weighted_step(x: ArrayRecord, ys: list[ArrayRecord], coef: np.ndarray) -> ArrayRecord:
@@ -217,7 +268,7 @@ class FedAUParams(BaseModel):
 
 
 def build(params: FedAUParams, context: BuildContext) -> FedAU:
-    return FedAU(num_nodes=context.num_nodes, **params.model_dump())
+    return FedAU(num_nodes=context.num_nodes, services=context.services, **params.model_dump())
 
 
 STRATEGIES = (

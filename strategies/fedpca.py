@@ -44,6 +44,7 @@ from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.seeding import rng
+from fedsim.core.services import GridServices, PartitionMap, services_for
 from strategies import BuildContext, StrategyInfo
 
 STATE_KEY = "fedpca"
@@ -135,20 +136,35 @@ class FedPCA(FedAvg):
     server_rule : "textbook" | "simplified", default "textbook"
         Clients send U_i + Y_i/ρ (textbook ADMM) or U_i (official code); identical Z with full
         participation and equal weights.
+    services : GridServices | None
+        The grid's services (the runner's); None: asked of the grid at the first round.
+
+    Node ids are opaque: sampling picks positions among the online nodes in partition order
+    and replies are summed in partition order, so a run on a SuperLink, whose ids are random
+    and whose replies arrive in any order, gives the simulator's numbers.
     """
 
     manifold: ClassVar[Literal["euclidean", "grassmann"]] = "grassmann"
 
     def __init__(self, *, num_nodes: int, seed: int, fraction: float = 0.1,
                  local_steps: int = 30, lr: float = 1e-4, rho: float = 0.01,
-                 server_rule: Literal["textbook", "simplified"] = "textbook") -> None:
+                 server_rule: Literal["textbook", "simplified"] = "textbook",
+                 services: GridServices | None = None) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1)
         self.num_nodes, self.seed, self.fraction = num_nodes, seed, fraction
         self.local_steps, self.lr, self.rho, self.server_rule = local_steps, lr, rho, server_rule
+        self.services = services  # the grid's, not state: never checkpointed
+
+    def partition_map(self, grid: Grid) -> PartitionMap:
+        """Which partition each node holds (asks the grid once if no services were given)."""
+        if self.services is None:
+            self.services = services_for(grid, None)
+        return self.services.partitions
 
     def sample(self, server_round: int, grid: Grid) -> list[int]:
-        nodes = sorted(grid.get_node_ids())
+        """⌊fraction·online⌋ online nodes (at least 1), in partition order."""
+        nodes = self.partition_map(grid).in_partition_order(grid.get_node_ids())
         size = min(len(nodes), max(1, math.floor(self.fraction * len(nodes))))
         chosen = rng(self.seed, "fedpca-sample", server_round).choice(len(nodes), size,
                                                                       replace=False)
@@ -168,6 +184,9 @@ class FedPCA(FedAvg):
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:
             return None, None
+        assert self.services is not None  # set by configure_train
+        partition_of = self.services.partitions.partition_of
+        valid = sorted(valid, key=lambda m: partition_of(m.metadata.src_node_id))
         weights = np.array([float(m.content["metrics"]["num-examples"]) for m in valid])
         weights /= weights.sum()
         z = sum(w * flatten(m.content["arrays"]) for w, m in zip(weights, valid, strict=True))
@@ -206,7 +225,7 @@ class FedPCAParams(BaseModel):
 def _builder(cls: type[FedPCA]):  # type: ignore[no-untyped-def]
     def build(params: FedPCAParams, context: BuildContext) -> FedPCA:
         return cls(num_nodes=context.num_nodes, seed=context.scenario.seed,
-                   **params.model_dump())
+                   services=context.services, **params.model_dump())
 
     return build
 

@@ -7,18 +7,23 @@ import math
 import networkx as nx
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.run import Run
 from typer.testing import CliRunner
 
+import fedsim.core.services as core_services
 from fedsim.cli import app
 from fedsim.core.codec import flatten
 from fedsim.core.schema import ChannelSpec, ClientsSpec, LinkSpec, ScenarioError
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.grid import SimGrid
-from fedsim.engine.links import gossip_over_links, mix_step
+from fedsim.engine.links import gossip_over_links
 from fedsim.runner import simulate
+from strategies.decentralized import DPSGD
 from tests.conftest import quadratic
-from topologies import TopologyError, mixing_lambda, mixing_matrix, ring, star
+from tests.test_admm import OpaqueGrid, as_server_app
+from topologies import RingSpec, TopologyError, mixing_lambda, mixing_matrix, ring, star
+from topologies.mixing import mix_active, mix_step
 
 CENTERS = [float(i) for i in range(10)]
 
@@ -87,6 +92,38 @@ def test_complete_graph_rho0_equals_fedavg_with_full_participation(centers):
                 assert a[key] == (b[key] if exact else pytest.approx(b[key], rel=1e-12))
     a, b = flatten(ours.arrays), flatten(fedavg.arrays)
     assert np.array_equal(a, b) if exact else np.allclose(a, b, rtol=1e-12, atol=0)
+
+
+# --------------------------------------------------------------- opaque node ids
+
+def test_vertex_i_is_the_node_of_partition_i_on_a_grid_with_opaque_ids(monkeypatch):
+    """Ids above 2^63 in shuffled order, replies in shuffled order: vertex i still trains at
+    the node holding partition i, and gossip mixes row i as vertex i of the ring."""
+    as_server_app(monkeypatch)
+    # DeployedServices.gossip calls mix_active without its `noise` argument (reported): give
+    # it a default here until fedsim/core/services.py passes noise=None itself.
+    monkeypatch.setattr(core_services, "mix_active",
+                        lambda X, W, active, received, on_missing, noise=None:
+                        mix_active(X, W, active, received, on_missing, noise))
+    m = 6
+
+    def answer(message: Message, partition: int) -> RecordDict:
+        return RecordDict({"arrays": ArrayRecord({"x": Array(np.full(2, float(partition)))}),
+                           "metrics": MetricRecord({"num-examples": 1,
+                                                    "train_loss": float(partition)})})
+
+    grid = OpaqueGrid(m, answer)
+    strategy = DPSGD(RingSpec(), m, None, node_eval_every=0)  # type: ignore[arg-type]
+    start = ArrayRecord({"x": Array(np.zeros(2))})
+    strategy.prepare(grid, start, 2, None, ConfigRecord())  # type: ignore[arg-type]
+    strategy.setup(grid, start)  # type: ignore[arg-type]
+    _, metrics = strategy.step(1)
+    assert [msg.metadata.dst_node_id for msg in grid.sent] == grid.ids  # vertex order
+    z = np.arange(m, dtype=float)  # vertex i replied i; ring with Metropolis weights 1/3
+    expected = (np.roll(z, 1) + z + np.roll(z, -1)) / 3
+    np.testing.assert_allclose(strategy._X[:, 0], expected, rtol=0, atol=1e-12)
+    assert metrics is not None and metrics["active_nodes"] == m
+    assert metrics["gossip_exchanges"] == 2 * m
 
 
 # --------------------------------------------------------------- SAM step

@@ -7,12 +7,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsim.core.codec import flatten
 from fedsim.engine.tasks import make_task
 from fedsim.runner import simulate
-from strategies.ef21 import ef21_step
+from strategies.compressors import Identity
+from strategies.ef21 import EF21W, ef21_step
 from tests.conftest import BASE, scenario
+from tests.test_admm import OpaqueGrid, as_server_app
 
 TOP2 = {"name": "top_k", "k": 2}
 
@@ -104,3 +107,33 @@ def test_naive_top_k_without_error_feedback_is_worse_than_ef21() -> None:
     _, ef21 = run("ef21", 60, compressor=TOP2, step_factor=4.0)
     _, naive = run("ef14", 60, compressor=TOP2, step_factor=4.0, error_feedback=False)
     assert ef21[-1]["grad_norm_sq"] < 0.1 * naive[-1]["grad_norm_sq"]
+
+
+def test_ef21_w_scales_and_weights_each_client_by_its_partition_with_opaque_ids(monkeypatch
+                                                                               ) -> None:
+    """s_i = 1/(n w_i) goes to the node holding partition i, and a_i = w_i weighs its reply."""
+    as_server_app(monkeypatch)
+    n, gamma = 5, 0.1
+    local = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    w = local / local.sum()
+
+    def answer(message: Message, partition: int) -> RecordDict:
+        sent = Identity()(np.full(3, partition + 1.0), np.random.default_rng(0))
+        return RecordDict({
+            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                   for k, v in sent.to_arrays().items()}),
+            "metrics": MetricRecord({"num-examples": 1, "train_loss": 0.0,
+                                     "value_bits": sent.value_bits(),
+                                     "index_bits": sent.index_bits()})})
+
+    grid = OpaqueGrid(n, answer)
+    strategy = EF21W(num_nodes=n, seed=0, lr=gamma, smoothness=(local, 20.0))
+    start = ArrayRecord({"x": Array(np.zeros(3))})
+    messages = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]
+    assert [m.metadata.dst_node_id for m in messages] == grid.ids  # partition order
+    assert [m.content["config"]["ef-scale"] for m in messages] == [
+        pytest.approx(1 / (n * w[i])) for i in range(n)]
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    direction = sum(w[i] * (i + 1.0) for i in range(n))  # Σ a_i c_i, c_i = (i + 1)·1
+    assert arrays is not None
+    np.testing.assert_array_equal(flatten(arrays), np.full(3, -gamma * direction))
