@@ -28,9 +28,10 @@ from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
 
 from fedsim import checkpoint as ckpt
+from fedsim.checks import build_checked, prepare_data
 from fedsim.core.codec import arrays_to_model, flatten
 from fedsim.core.keys import WORK_KEY
-from fedsim.core.schema import Scenario, ScenarioError, scenario_to_dict
+from fedsim.core.schema import Scenario, scenario_to_dict
 from fedsim.core.seeding import int_seed
 from fedsim.core.services import GridServices
 from fedsim.core.task import Task
@@ -39,9 +40,8 @@ from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.grid import SimGrid
 from fedsim.engine.pool import WorkerSpec, make_pool
 from fedsim.engine.services import SimServices
-from fedsim.engine.tasks import make_task
 from fedsim.results import Callback
-from strategies import BuildContext, build_strategy
+from strategies import BuildContext
 
 RUN_ID = 1
 CLIENT_APP = "fedsim.apps:client_app"
@@ -95,7 +95,7 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     # The data is prepared in a thread while Ray starts (mostly waiting on its processes)
     # and while the actors import and warm up; `ray.init` stays on the main thread.
     with ThreadPoolExecutor(1, thread_name_prefix="fedsim-data") as executor:
-        prepared = executor.submit(_prepare_data, scenario)
+        prepared = executor.submit(prepare_data, scenario)
         pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
     try:
         task, devices = prepared.result()
@@ -130,17 +130,10 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
         ckpt.check_arrays(resume_from, arrays)
     for callback in callbacks:
         callback.on_run_start(scenario)
-    try:
-        strategy = build_strategy(scenario, BuildContext(
-            scenario, services.partitions.num_partitions, task, devices, services))
-    except ValueError as exc:  # a builder's plain check of the scenario
-        if type(exc) is not ValueError:  # ScenarioError, TopologyError: already one line
-            raise
-        raise ScenarioError(f"strategy {scenario.strategy.name!r}: {exc}") from None
-    if (checkpointer or resume_from) and not ckpt.can_resume(strategy):
-        raise ckpt.CheckpointError(
-            f"checkpoint.every: strategy {scenario.strategy.name!r} runs its own round loop "
-            "without a resume path (`resumes_own_loop`); set checkpoint.every: 0")
+    strategy = build_checked(
+        scenario, BuildContext(scenario, services.partitions.num_partitions, task, devices,
+                               services),
+        checkpointing=bool(checkpointer or resume_from))
     recorder = _RoundRecorder(scenario, grid, task, strategy, callbacks, checkpointer)
     if resume_from is not None:
         arrays = _restore(resume_from, grid, strategy, recorder, callbacks)
@@ -167,15 +160,6 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
     for callback in callbacks:
         callback.on_run_end(run.summary, run.arrays)
     return run
-
-
-def _prepare_data(scenario: Scenario) -> tuple[Task, DevicePopulation]:
-    """The task with its shared data computed, and the device population."""
-    task = make_task(scenario)
-    task.shared_data()
-    devices = DevicePopulation(scenario.clients, scenario.seed,
-                               labels=lambda i: task.train_data(i).y)  # label-correlated p
-    return task, devices
 
 
 def _restore(checkpoint: ckpt.Checkpoint, grid: Grid, strategy: Strategy,

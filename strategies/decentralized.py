@@ -52,7 +52,6 @@ node and round) on top of the gossip bytes, which are also reported on their own
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -67,6 +66,7 @@ from fedsim.core.client import client_task, reply
 from fedsim.core.codec import (
     array_from_numpy,
     array_to_numpy,
+    arrays_nbytes,
     arrays_to_model,
     flatten,
     model_to_arrays,
@@ -237,7 +237,7 @@ class DFedSAM(OwnLoop, FedAvg):
         self._node_id_list = self._node_ids(self.services)
         self._vertex_of = {node_id: i for i, node_id in enumerate(self._node_id_list)}
         self._template = initial_arrays
-        self._model_nbytes = _payload_nbytes(initial_arrays)
+        self._model_nbytes = arrays_nbytes(initial_arrays)
         self._float_mask = _float_mask(initial_arrays)
         self._config = ConfigRecord(dict(config))
         self._config[RHO_KEY] = float(self.rho)
@@ -405,11 +405,6 @@ def _builder(cls: type[DFedSAM], name: str) -> Callable[[BaseModel, BuildContext
                    services=ctx.services, **params.model_dump())
 
     return build
-
-
-def _payload_nbytes(arrays: ArrayRecord) -> int:
-    """Bytes of one model on a link: its arrays' payloads (as the simulator counts them)."""
-    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in arrays.values())
 
 
 def _float_mask(arrays: ArrayRecord) -> np.ndarray:

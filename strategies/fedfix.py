@@ -68,6 +68,7 @@ from fedsim.core.clock import RESOLUTION_S, Clock
 from fedsim.core.codec import (
     array_from_numpy,
     array_to_numpy,
+    arrays_nbytes,
     flatten,
     model_to_arrays,
     unflatten,
@@ -466,19 +467,13 @@ def expected_job_times(ctx: BuildContext) -> list[float] | None:
     if devices is None:
         return None
     with torch.random.fork_rng(devices=[]):  # only the model's size matters here
-        nbytes = _payload_nbytes(model_to_arrays(ctx.task.make_model()))
+        nbytes = arrays_nbytes(model_to_arrays(ctx.task.make_model()))
     config = TrainConfig.from_spec(ctx.scenario.training)
     return [devices.expected_job_time(
                 partition, ctx.scenario.channel,
                 work=_samples_per_job(len(ctx.task.train_data(partition)), config),
                 bytes_down=nbytes, bytes_up=nbytes)
             for partition in range(devices.n)]
-
-
-def _payload_nbytes(arrays: ArrayRecord) -> int:
-    """Bytes the channel counts for the model (prod(shape) × itemsize of every array, as
-    `fedsim.engine.channel.payload_nbytes`, which strategies do not import)."""
-    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in arrays.values())
 
 
 def _samples_per_job(n: int, config: TrainConfig) -> int:

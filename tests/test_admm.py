@@ -9,22 +9,20 @@ repository); the paper's own numbers could not be read.
 from __future__ import annotations
 
 import copy
-import uuid
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import checkpoint as ckpt
 from fedsim.core.codec import flatten
 from fedsim.core.seeding import rng
-from fedsim.core.services import PARTITION_QUERY, GridServices
+from fedsim.core.services import GridServices
 from fedsim.runner import simulate
 from strategies.admm import ADMM
 from tests.conftest import scenario
+from tests.opaque_grid import OpaqueGrid, as_server_app, replying
 
 WLS: dict[str, Any] = {
     "name": "admm", "seed": 0, "rounds": 10,
@@ -102,50 +100,6 @@ def test_dual_free_with_partial_participation_is_biased() -> None:
 # ------------------------------------------------------------------ opaque node ids
 
 
-class OpaqueGrid:
-    """A grid as a SuperLink shows itself: node ids above 2^63, listed in shuffled order,
-    replies in shuffled order. Node ``ids[p]`` holds partition p and answers the partition
-    query (so a strategy built without services learns the map by asking); other messages
-    are answered by ``answer(message, partition)``."""
-
-    def __init__(self, n: int, answer: Callable[[Message, int], RecordDict], seed: int = 0
-                 ) -> None:
-        gen = np.random.default_rng(seed)
-        self.ids = [2**63 + int(v) for v in gen.choice(2**62, n, replace=False)]
-        self.online = [self.ids[p] for p in gen.permutation(n)]
-        assert sorted(self.ids) != self.ids and self.online != self.ids  # order means nothing
-        self.answer, self._gen = answer, gen
-        self.sent: list[Message] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.online)
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
-                         ) -> list[Message]:
-        replies = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            partition = self.ids.index(message.metadata.dst_node_id)
-            if message.metadata.message_type == PARTITION_QUERY:
-                content = RecordDict({"partition": ConfigRecord({
-                    "partition-id": partition, "num-partitions": len(self.ids)})})
-            else:
-                self.sent.append(message)
-                content = self.answer(message, partition)
-            replies.append(Message(content, reply_to=message))
-        return [replies[k] for k in self._gen.permutation(len(replies))]
-
-
-def as_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Give this process a server app's Flower task identity (creating messages needs it)."""
-    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
 def test_partial_participation_draws_and_stores_by_partition_with_opaque_ids(monkeypatch
                                                                             ) -> None:
     """Client k is the node holding partition k: its draw, its stored contribution."""
@@ -157,7 +111,7 @@ def test_partial_participation_draws_and_stores_by_partition_with_opaque_ids(mon
                            "metrics": MetricRecord({"num-examples": 1,
                                                     "train_loss": float(partition)})})
 
-    grid = OpaqueGrid(n, answer)
+    grid = OpaqueGrid(n, replying(answer))
     strategy = ADMM(num_nodes=n, seed=seed, participation=p)  # no services: asks the grid
     start = ArrayRecord({"w": Array(np.zeros(2))})
     messages = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]

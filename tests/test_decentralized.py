@@ -11,7 +11,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.run import Run
 from typer.testing import CliRunner
 
-import fedsim.core.services as core_services
 from fedsim.cli import app
 from fedsim.core.codec import flatten
 from fedsim.core.schema import ChannelSpec, ClientsSpec, LinkSpec, ScenarioError
@@ -21,9 +20,9 @@ from fedsim.engine.links import gossip_over_links
 from fedsim.runner import simulate
 from strategies.decentralized import DPSGD
 from tests.conftest import quadratic
-from tests.test_admm import OpaqueGrid, as_server_app
+from tests.opaque_grid import OpaqueGrid, as_server_app, replying
 from topologies import RingSpec, TopologyError, mixing_lambda, mixing_matrix, ring, star
-from topologies.mixing import mix_active, mix_step
+from topologies.mixing import mix_step
 
 CENTERS = [float(i) for i in range(10)]
 
@@ -100,11 +99,6 @@ def test_vertex_i_is_the_node_of_partition_i_on_a_grid_with_opaque_ids(monkeypat
     """Ids above 2^63 in shuffled order, replies in shuffled order: vertex i still trains at
     the node holding partition i, and gossip mixes row i as vertex i of the ring."""
     as_server_app(monkeypatch)
-    # DeployedServices.gossip calls mix_active without its `noise` argument (reported): give
-    # it a default here until fedsim/core/services.py passes noise=None itself.
-    monkeypatch.setattr(core_services, "mix_active",
-                        lambda X, W, active, received, on_missing, noise=None:
-                        mix_active(X, W, active, received, on_missing, noise))
     m = 6
 
     def answer(message: Message, partition: int) -> RecordDict:
@@ -112,7 +106,7 @@ def test_vertex_i_is_the_node_of_partition_i_on_a_grid_with_opaque_ids(monkeypat
                            "metrics": MetricRecord({"num-examples": 1,
                                                     "train_loss": float(partition)})})
 
-    grid = OpaqueGrid(m, answer)
+    grid = OpaqueGrid(m, replying(answer))
     strategy = DPSGD(RingSpec(), m, None, node_eval_every=0)  # type: ignore[arg-type]
     start = ArrayRecord({"x": Array(np.zeros(2))})
     strategy.prepare(grid, start, 2, None, ConfigRecord())  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from fedsim.runner import simulate
 from strategies.compressors import Identity
 from strategies.ef21 import EF21W, ef21_step
 from tests.conftest import BASE, scenario
-from tests.test_admm import OpaqueGrid, as_server_app
+from tests.opaque_grid import OpaqueGrid, as_server_app, replying
 
 TOP2 = {"name": "top_k", "k": 2}
 
@@ -126,7 +126,7 @@ def test_ef21_w_scales_and_weights_each_client_by_its_partition_with_opaque_ids(
                                      "value_bits": sent.value_bits(),
                                      "index_bits": sent.index_bits()})})
 
-    grid = OpaqueGrid(n, answer)
+    grid = OpaqueGrid(n, replying(answer))
     strategy = EF21W(num_nodes=n, seed=0, lr=gamma, smoothness=(local, 20.0))
     start = ArrayRecord({"x": Array(np.zeros(3))})
     messages = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]

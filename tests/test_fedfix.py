@@ -17,9 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.core import client as core_client
 from fedsim.core.codec import flatten
-from fedsim.core.services import PARTITION_QUERY
 from fedsim.core.training import TrainConfig
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.tasks import make_task
@@ -28,7 +26,7 @@ from fedsim.runner import simulate
 from strategies import BuildContext, build_strategy
 from strategies.fedfix import MESSAGE_TYPE, FedFix, train_fedfix
 from tests.conftest import quadratic
-from tests.test_gradient_coding import OpaqueGrid, serve_task
+from tests.opaque_grid import OpaqueGrid, as_server_app
 
 CENTERS = [0.0, 1.0, 2.0]
 TAUS = (1.0, 0.6, 0.2)
@@ -185,9 +183,8 @@ def test_fedfix_on_opaque_node_ids_restarts_and_weighs_each_client_by_its_partit
     clients' fresh updates: θ ← θ − η Σ_{i ∈ {0, 2}} p_i (θ − c_i)."""
     s = _scenario("fedfix", {})
     task = make_task(s)
-    serve_task(monkeypatch, task)
-    grid = OpaqueGrid(3, {MESSAGE_TYPE: train_fedfix,
-                          PARTITION_QUERY: core_client.partition_info}, seed=1, offline=[1])
+    as_server_app(monkeypatch, task)
+    grid = OpaqueGrid(3, {MESSAGE_TYPE: train_fedfix}, seed=1, offline=[1])
     importance = np.array([1.0, 2.0, 7.0])
     strategy = FedFix(period_s=0.02, importance=importance.tolist(),
                       expected_job_times=[0.001] * 3)  # ⌈τ/Δt⌉ = 1: d_i = p_i

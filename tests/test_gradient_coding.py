@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from itertools import combinations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, Context, Message
 
-from fedsim.core import client as core_client
 from fedsim.core.codec import flatten
-from fedsim.core.services import PARTITION_QUERY
-from fedsim.core.task import Task
 from fedsim.engine.tasks import make_task
 from strategies.gradient_coding import (
     MESSAGE_TYPE,
@@ -32,6 +28,7 @@ from strategies.gradient_coding import (
     is_decodable,
     train_gradient_coding,
 )
+from tests.opaque_grid import OpaqueGrid, as_server_app
 
 CASES = [("frc", 6, 2), ("crc", 6, 2), ("crc", 7, 3), ("crc", 10, 4)]
 
@@ -164,65 +161,6 @@ def test_encoding_matrix_is_reproducible_from_its_seed():
 ClientFn = Callable[[Message, Context], Message]
 
 
-class OpaqueGrid:
-    """A grid like a real SuperLink's: node ids are random and ≥ 2^63, listed in shuffled
-    order, and carry no partition. Each pushed message is answered at once by the client half
-    for its type, run with the node's own partition in its node config (so the partition
-    query, `fedsim.core.client.partition_info`, tells the strategy the map)."""
-
-    def __init__(self, num_partitions: int, actions: Mapping[str, ClientFn], seed: int = 0,
-                 offline: Iterable[int] = ()) -> None:
-        rng = np.random.default_rng(seed)
-        ids: set[int] = set()
-        while len(ids) < num_partitions:
-            ids.add(2**63 + int(rng.integers(0, 2**62)))
-        self.node_of = dict(enumerate(sorted(ids, key=lambda _: rng.random())))
-        self.partition_of = {node: p for p, node in self.node_of.items()}
-        self.order = [int(n) for n in rng.permutation(sorted(ids))]  # not partition order
-        self.num_partitions = num_partitions
-        self.actions = dict(actions)
-        self.offline = {self.node_of[p] for p in offline}
-        self.sent: list[Message] = []  # every message pushed, in order
-        self._replies: dict[str, Message] = {}
-
-    def get_node_ids(self) -> list[int]:
-        return [n for n in self.order if n not in self.offline]
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for message in messages:
-            node = message.metadata.dst_node_id
-            partition = self.partition_of[node]  # KeyError: an id the grid never gave
-            context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
-                              node_config={"partition-id": partition,
-                                           "num-partitions": self.num_partitions})
-            message_id = f"m{len(self.sent)}"
-            self.sent.append(message)
-            self._replies[message_id] = self.actions[message.metadata.message_type](
-                message, context)
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self._replies.pop(m) for m in message_ids if m in self._replies]
-
-    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None
-                         ) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-
-def serve_task(monkeypatch: pytest.MonkeyPatch, task: Task) -> None:
-    """Client halves run by an `OpaqueGrid` train `task` (the app's task source, for a test),
-    in a process whose Flower task identity is a server app's (messages need a run id)."""
-    monkeypatch.setattr(core_client, "_task_source", lambda run_config, n: task)
-    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
 def test_gc_on_opaque_node_ids_sends_worker_i_row_i_at_the_node_of_partition_i(monkeypatch):
     """Worker i is partition i, wherever its node's id falls: the master learns the map (the
     strategy is built by hand, without services), sends row i of B to the node that holds
@@ -233,9 +171,8 @@ def test_gc_on_opaque_node_ids_sends_worker_i_row_i_at_the_node_of_partition_i(m
     data["task"] = {"name": "least_squares", "params": {"dim": 5, "samples_per_client": 24}}
     data["clients"] = {"count": 6}
     task = make_task(scenario(data))
-    serve_task(monkeypatch, task)
-    grid = OpaqueGrid(6, {MESSAGE_TYPE: train_gradient_coding,
-                          PARTITION_QUERY: core_client.partition_info}, offline=[5])
+    as_server_app(monkeypatch, task)
+    grid = OpaqueGrid(6, {MESSAGE_TYPE: train_gradient_coding}, offline=[5])
     assert min(grid.get_node_ids()) >= 2**63
     strategy = GradientCodingGD(6, s=2)
     lr, steps = 0.05, 3

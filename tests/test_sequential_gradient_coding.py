@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from fedsim.core import client as core_client
 from fedsim.core.codec import flatten
-from fedsim.core.services import PARTITION_QUERY
 from fedsim.core.stragglers import conforms, round_conforms
 from fedsim.engine.stragglers import sample_bursty_pattern
 from fedsim.engine.tasks import make_task
@@ -268,21 +266,21 @@ def test_sgc_on_opaque_node_ids_gives_worker_i_its_tasks_at_the_node_of_partitio
     it learns the partition map by asking), each worker's tasks go to the node holding its
     partition, replies are filed under that worker, and the run is delayed GD exactly."""
     from tests.conftest import BASE, scenario
-    from tests.test_gradient_coding import OpaqueGrid, serve_task
+    from tests.opaque_grid import OpaqueGrid, as_server_app
 
     n, rounds, lr = 4, 4, 0.05
     data = copy.deepcopy(BASE)
     data["task"] = {"name": "least_squares", "params": {"dim": 5, "samples_per_client": 24}}
     data["clients"] = {"count": n}
     task = make_task(scenario(data))
-    serve_task(monkeypatch, task)
-    grid = OpaqueGrid(n, {MESSAGE_TYPE: train_sgc, PARTITION_QUERY: core_client.partition_info},
+    as_server_app(monkeypatch, task)
+    grid = OpaqueGrid(n, {MESSAGE_TYPE: train_sgc},
                       seed=3)
     strategy = SequentialGradientCodingGD(n, "m_sgc", B=1, W=2, lam=1)
     result = strategy.start(grid, task.initial_arrays(), num_rounds=rounds,  # type: ignore[arg-type]
                             train_config=ConfigRecord({"lr": lr}))
     sent = [m for m in grid.sent if m.metadata.message_type == MESSAGE_TYPE]
-    assert {m.metadata.dst_node_id for m in sent} == set(grid.node_of.values())
+    assert {m.metadata.dst_node_id for m in sent} == set(grid.ids)
     delay = m_sgc_delay(1, 2, 1)
     A, b = task.test_data(None).x.numpy(), task.test_data(None).y.numpy()
     xs = [flatten(task.initial_arrays())]

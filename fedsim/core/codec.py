@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.constant import SType
 
 
@@ -96,3 +96,18 @@ def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
         out[key] = vector[offset:offset + size].reshape(template.shape).astype(template.dtype)
         offset += size
     return ArrayRecord({k: array_from_numpy(np.ascontiguousarray(v)) for k, v in out.items()})
+
+
+def array_nbytes(array: Array) -> int:
+    """Payload bytes of a Flower `Array`, read from its header (no decoding)."""
+    return math.prod(array.shape) * np.dtype(array.dtype).itemsize
+
+
+def arrays_nbytes(arrays: ArrayRecord) -> int:
+    """Payload bytes of every array in a record: what one model costs on a link."""
+    return sum(array_nbytes(a) for a in arrays.values())
+
+
+def payload_nbytes(content: RecordDict) -> int:
+    """Bytes of every array in a message's records (what the simulated channel counts)."""
+    return sum(arrays_nbytes(record) for record in content.array_records.values())

@@ -144,7 +144,7 @@ class DeployedServices(GridServices):
         talks = (W > 0) & ~np.eye(num_nodes, dtype=bool) & active[:, None] & active[None, :]
         mixed = np.array(X, dtype=np.float64, copy=True)
         for _ in range(steps):
-            mixed = mix_active(mixed, W, active, talks, on_missing)
+            mixed = mix_active(mixed, W, active, talks, on_missing, None)
         exchanges = steps * int(talks.sum())
         return mixed, GossipReport(0.0, exchanges, 0, exchanges * model_nbytes)
 

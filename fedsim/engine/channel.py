@@ -10,25 +10,11 @@ config/metric records are left out of the count.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from fedsim.core.codec import array_from_numpy, array_to_numpy
 from fedsim.core.schema import LinkSpec
-
-
-def array_nbytes(array: Array) -> int:
-    """Payload bytes of a Flower `Array`, read from its header (no decoding)."""
-    return math.prod(array.shape) * np.dtype(array.dtype).itemsize
-
-
-def payload_nbytes(content: RecordDict) -> int:
-    """Bytes of every array in a message's records."""
-    return sum(
-        array_nbytes(a) for record in content.array_records.values() for a in record.values()
-    )
 
 
 def transfer_time(link: LinkSpec, nbytes: int) -> float:

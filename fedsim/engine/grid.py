@@ -34,11 +34,12 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedsim.core.clock import RESOLUTION_S, Clock
+from fedsim.core.codec import payload_nbytes
 from fedsim.core.keys import DROPPED_OUT, LOST_ON_DOWNLINK, LOST_ON_UPLINK, WORK_KEY
 from fedsim.core.schema import ChannelSpec
 from fedsim.core.seeding import int_seed, rng
 from fedsim.core.services import PartitionMap
-from fedsim.engine.channel import add_noise, is_lost, payload_nbytes
+from fedsim.engine.channel import add_noise, is_lost
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.pool import Job, JobResult, Pool, error_reply
 
@@ -46,7 +47,6 @@ EVAL_COST = 1 / 3
 """Cost of evaluating one sample relative to training on it (forward pass only)."""
 
 
-NODE_ID_OFFSET = 1000  # TEMPORARY: removed once no strategy does arithmetic on node ids
 
 
 def random_node_ids(seed: int, n: int) -> np.ndarray:
