@@ -68,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, unflatten
 from fedsim.core.keys import WORK_KEY
+from fedsim.core.schema import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.services import GridServices, PartitionMap, services_for
 from strategies import BuildContext, StrategyInfo
@@ -264,6 +265,10 @@ class ADMMParams(BaseModel):
 
 def _builder(cls: type[ADMM]):  # type: ignore[no-untyped-def]
     def build(params: ADMMParams, context: BuildContext) -> ADMM:
+        if not hasattr(context.task, "local_problem"):  # refused before any client runs
+            raise ScenarioError(f"task.name: ADMM solves each client's problem exactly and "
+                                f"needs a task with local_problem() (e.g. 'wls'), not "
+                                f"{context.task.name!r}")
         return cls(num_nodes=context.num_nodes, seed=context.scenario.seed,
                    services=context.services, **params.model_dump())
 

@@ -133,3 +133,12 @@ def test_grid_services_are_not_checkpointed(tmp_path) -> None:
     state = ckpt.load(tmp_path).strategy
     assert "w" in state and "stored" in state
     assert not any(isinstance(v, GridServices) for v in state.values())
+
+
+def test_admm_on_a_task_without_local_problems_is_refused_at_validation() -> None:
+    from fedsim.checks import check_run
+    from fedsim.core.schema import ScenarioError
+
+    s = scenario(strategy={"name": "admm", "params": {}})  # digits: no exact local solve
+    with pytest.raises(ScenarioError, match="task.name: ADMM .* local_problem"):
+        check_run(s)
