@@ -114,18 +114,15 @@ def fedsim_stamps(scenario: dict[str, Any], client_app: str | None = None
 
     `stamps[0]` is taken just before round 1 (the runner's round-0 record).
     """
+    from fedsim.results import Callback
     from fedsim.runner import CLIENT_APP, simulate
     from fedsim.scenario import parse_scenario
 
     stamps: list[float] = []
 
-    class Stamp:
-        def on_run_start(self, scenario: Any) -> None: ...
-
+    class Stamp(Callback):
         def on_round_end(self, record: dict[str, Any]) -> None:
             stamps.append(time.perf_counter())
-
-        def on_run_end(self, summary: dict[str, Any], arrays: Any) -> None: ...
 
     result = simulate(parse_scenario(scenario), callbacks=[Stamp()],
                       client_app=client_app or CLIENT_APP)

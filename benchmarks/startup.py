@@ -64,6 +64,7 @@ def measure(args: argparse.Namespace) -> None:
     import fedsim.runner
 
     done("imports")
+    from fedsim.results import Callback
     from fedsim.scenario import load_scenario
 
     scenario = load_scenario(ROOT / args.scenario, ["rounds=1"])
@@ -85,13 +86,9 @@ def measure(args: argparse.Namespace) -> None:
         pool.share_task_data = timed_share
         return pool
 
-    class Stamp:
-        def on_run_start(self, scenario: Any) -> None: ...
-
+    class Stamp(Callback):
         def on_round_end(self, record: dict[str, Any]) -> None:
             done("round 0" if record["round"] == 0 else "first round")
-
-        def on_run_end(self, summary: dict[str, Any], arrays: Any) -> None: ...
 
     fedsim.runner.make_pool = timed_pool
     fedsim.runner.simulate(scenario, callbacks=[Stamp()])

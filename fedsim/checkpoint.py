@@ -351,17 +351,6 @@ def check_arrays(checkpoint: Checkpoint, expected: ArrayRecord) -> None:
                               "model (different keys or shapes)")
 
 
-def save_arrays(path: Path, arrays: ArrayRecord) -> None:
-    """The final global model as `.npz` (one array per key), written then renamed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
-    try:
-        np.savez(tmp, **{k: a.numpy() for k, a in arrays.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class Checkpointer:
     """Saves a checkpoint into `run_dir` at the end of every `every`-th round."""
 

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedsim.core.schema import Scenario, ScenarioError
+from fedsim.results import Callback
 from fedsim.scenario import load_scenario
 
 app = typer.Typer(
@@ -85,7 +86,7 @@ def load_or_fail(path: Path, overrides: list[str] | None) -> Scenario:
         fail(str(exc))
 
 
-class ProgressBar:
+class ProgressBar(Callback):
     """Shows rounds done, test accuracy and virtual time while a run goes."""
 
     def __init__(self, progress: Progress, total: int) -> None:
@@ -100,9 +101,6 @@ class ProgressBar:
         if "virtual_time_s" in record:
             parts.append(f"t={record['virtual_time_s']:.1f}s")
         self.progress.update(self.task, completed=record["round"], status="  ".join(parts))
-
-    def on_run_end(self, summary: dict[str, Any], arrays: Any) -> None:
-        pass
 
 
 def new_run_dir(scenario: Scenario) -> Path:
@@ -128,7 +126,7 @@ def run(
              "(scenario from its resolved.yaml).", show_default=False)] = None,
 ) -> None:
     """Run a scenario and write its run directory (metrics, summary, plots)."""
-    from fedsim.checkpoint import CheckpointError, save_arrays
+    from fedsim.checkpoint import CheckpointError
     from fedsim.checks import CHECK_ERRORS, check_run
     from fedsim.results import RunWriter
     from fedsim.runner import ClientsFailed, Diverged, RunStalled, simulate
@@ -166,9 +164,11 @@ def run(
         fail(f"{exc}; metrics up to the last finite round are in {run_dir}", code=1)
     except ClientsFailed as exc:  # client code raised on every job: a bug, not bad input
         fail(f"{exc}; run directory: {run_dir}", code=1)
-    if result.arrays is not None:
-        save_arrays(run_dir / "model.npz", result.arrays)
     show_table([(key, _fmt(value)) for key, value in result.summary.items()])
+    if result.summary.get("total_client_errors"):
+        print(f"warning: {result.summary['total_client_errors']} client jobs raised in client "
+              f"code (first: {result.summary['first_client_error']}); tracebacks in "
+              f"{run_dir / 'flower.log'}", file=sys.stderr)
     say(f"run directory: {run_dir}")
 
 

@@ -63,14 +63,15 @@ def serve(grid: Grid, context: Context) -> None:
         log.warning("deadline_s (%s virtual seconds) applies to simulation only; deployed, "
                     "the server waits for every reply (set deploy.reply_timeout_s to cut "
                     "stragglers in wall-clock seconds)", scenario.deadline_s)
+    writer = RunWriter(out_dir)
     try:
         services = DeployedServices.query(grid, timeout_s=timeout,
                                           expected=scenario.clients.count)
         task = make_task(scenario, services.partitions.num_partitions)
-        result = execute(scenario, grid, task, services, [RunWriter(out_dir)], timeout=timeout)
-    except Exception as exc:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "error.txt").write_text(f"failed: {type(exc).__name__}: {exc}\n")
+        result = execute(scenario, grid, task, services, [writer], timeout=timeout)
+    except Exception as exc:  # execute() has told the writer of failures during the run
+        if not (out_dir / "error.txt").exists():
+            writer.on_run_failed(f"{type(exc).__name__}: {exc}")
         print(f"fedsim: the deployed run failed ({type(exc).__name__}: {exc}); "
               f"see {out_dir / 'error.txt'}", file=sys.stderr)
         raise

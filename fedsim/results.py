@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from fedsim.core.schema import Scenario, scenario_to_dict
@@ -21,19 +23,42 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord
 
 
-class Callback(Protocol):
-    def on_run_start(self, scenario: Scenario) -> None: ...
+class Callback:
+    """What happens to a run, for whoever wants to know (writer, progress bar...); each
+    method does nothing unless overridden."""
 
-    def on_round_end(self, record: dict[str, Any]) -> None: ...
+    def on_run_start(self, scenario: Scenario) -> None:
+        """The run starts (or resumes)."""
 
-    def on_run_end(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None: ...
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        """A round's metrics record (also every record replayed on resume)."""
+
+    def on_run_end(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:
+        """The run finished: its summary and final global model."""
+
+    def on_run_failed(self, error: str) -> None:
+        """The run stopped on an error (one line); what was written so far stays."""
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a uniquely named temporary file, then rename: a reader never sees half a file,
+    and two writers never share a temporary file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_arrays(path: Path, arrays: ArrayRecord) -> None:
+    """The final global model as `.npz` (one array per key), written then renamed."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
+    try:
+        np.savez(tmp, **{k: a.numpy() for k, a in arrays.items()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -41,8 +66,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class RunWriter:
-    """Writes a run directory as the run goes."""
+class RunWriter(Callback):
+    """Writes a run directory as the run goes; a failed run leaves `error.txt` saying why
+    (the directory is then incomplete: no `summary.json`)."""
 
     def __init__(self, run_dir: Path, plots: bool = True) -> None:
         self.run_dir = Path(run_dir)
@@ -61,9 +87,15 @@ class RunWriter:
             f.write(json.dumps(record) + "\n")
 
     def on_run_end(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:
+        if arrays is not None:
+            save_arrays(self.run_dir / "model.npz", arrays)
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if self.plots:
             plot_run(self._records, self.run_dir / "accuracy.png", title=summary.get("name", ""))
+
+    def on_run_failed(self, error: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / "error.txt", f"incomplete: the run failed: {error}\n")
 
 
 def plot_run(records: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:

@@ -147,19 +147,29 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
         num_rounds = scenario.rounds - offset
         loop = _FlowerLoop(strategy, recorder, offset, scenario)
         driven, evaluate_fn = loop, loop.end_of_round
-    if num_rounds > 0:
-        result = driven.start(
-            grid, arrays, num_rounds=num_rounds,
-            timeout=timeout,  # type: ignore[arg-type]  # None: wait for all
-            train_config=TrainConfig.from_spec(scenario.training).to_record(),
-            evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
-        final = result.arrays if result.arrays is not None else arrays
-    else:
-        final = arrays  # killed after the last round's checkpoint
+    try:
+        final = _drive(driven, grid, arrays, num_rounds, timeout, evaluate_fn, scenario)
+    except Exception as exc:  # the run directory says it is incomplete, and why
+        for callback in callbacks:
+            callback.on_run_failed(f"{type(exc).__name__}: {exc}")
+        raise
     run = RunResult(scenario, recorder.records, final, recorder.summary())
     for callback in callbacks:
         callback.on_run_end(run.summary, run.arrays)
     return run
+
+
+def _drive(strategy: Strategy, grid: Grid, arrays: ArrayRecord, num_rounds: int,
+           timeout: float | None, evaluate_fn: Any, scenario: Scenario) -> ArrayRecord:
+    """Run the strategy's loop for `num_rounds`; the final global arrays."""
+    if num_rounds <= 0:
+        return arrays  # killed after the last round's checkpoint
+    result = strategy.start(
+        grid, arrays, num_rounds=num_rounds,
+        timeout=timeout,  # type: ignore[arg-type]  # None: wait for all
+        train_config=TrainConfig.from_spec(scenario.training).to_record(),
+        evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
+    return result.arrays if result.arrays is not None else arrays
 
 
 def _restore(checkpoint: ckpt.Checkpoint, grid: Grid, strategy: Strategy,
@@ -266,6 +276,7 @@ class _RoundRecorder:
         self._train: dict[str, float] = {}
         self._federated: dict[str, float] = {}
         self._started = time.perf_counter()
+        self.first_client_error = ""
         self._model = task.make_model()
         self._test = task.test_data(None)
 
@@ -283,6 +294,7 @@ class _RoundRecorder:
             record["virtual_time_s"] = float(self.grid.now)
             if server_round > 0:
                 stats = self.grid.end_round()
+                self.first_client_error = self.first_client_error or stats.first_client_error
                 if stats.executed and stats.client_errors == stats.executed:
                     raise ClientsFailed(
                         f"round {server_round}: all {stats.executed} client jobs raised in "
@@ -347,6 +359,8 @@ class _RoundRecorder:
                 out[f"final_{key}"] = last[key]
         if accuracies:
             out["best_accuracy"] = max(accuracies)
+        if self.first_client_error:
+            out["first_client_error"] = self.first_client_error
         return out
 
 

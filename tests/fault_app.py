@@ -3,7 +3,7 @@
 - partition 1's worker process dies (`os._exit`) when it gets its round-2 train message,
   as a Ray actor killed mid-round would;
 - partition 2's client code raises `ValueError("boom in client")` on every train message;
-- `raise_always`: every node's client code raises on every train message.
+- `raise_always`: every node's client code raises on every message.
 
 Only tests use it (`simulate(..., client_app="tests.fault_app:exit_in_round_2")`).
 """
@@ -45,7 +45,5 @@ def raise_on_train(message: Message, context: Context) -> Message:
 
 
 def raise_always(message: Message, context: Context) -> Message:
-    """Every node's client code raises on every train message (a bug, not a lossy world)."""
-    if message.metadata.message_type.startswith("train"):
-        raise TypeError("expected Float but found Double")
-    return client_app(message, context)
+    """Every node's client code raises on every message (a bug, not a lossy world)."""
+    raise TypeError("expected Float but found Double")

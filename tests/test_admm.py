@@ -140,5 +140,5 @@ def test_admm_on_a_task_without_local_problems_is_refused_at_validation() -> Non
     from fedsim.core.schema import ScenarioError
 
     s = scenario(strategy={"name": "admm", "params": {}})  # digits: no exact local solve
-    with pytest.raises(ScenarioError, match="task.name: ADMM .* local_problem"):
+    with pytest.raises(ScenarioError, match=r"task.name: ADMM .* local_problem"):
         check_run(s)

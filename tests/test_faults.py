@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -70,7 +72,7 @@ def test_a_round_in_which_every_client_raised_stops_the_run_naming_round_and_err
         tmp_path: Path) -> None:
     s = scenario(rounds=3, clients__count=3)
     log = tmp_path / "flower.log"
-    with pytest.raises(ClientsFailed, match=r"round 1: all 3 client jobs raised in client code; "
+    with pytest.raises(ClientsFailed, match=r"round 1: all \d client jobs raised in client code; "
                                             r"first error: TypeError: expected Float"):
         simulate(s, log_file=log, client_app="tests.fault_app:raise_always")
     text = log.read_text()
@@ -90,3 +92,40 @@ def test_simulated_losses_of_every_job_are_not_client_errors(tier: dict) -> None
                                clients__devices=[{"name": "lossy", **tier}]))
     assert [r["failures"] for r in result.records[1:]] == [3, 3]
     assert result.summary["total_client_errors"] == 0
+
+
+def _cli_run(tmp_path: Path, client_app: str, monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[Any, Path]:
+    """`fedsim run` of a 3-client scenario whose ClientApp is `client_app`."""
+    from fedsim import runner
+
+    data = {"name": "faulty", "rounds": 2, "task": {"name": "quadratic",
+                                                     "params": {"centers": [1.0, 2.0, 3.0]}},
+            "training": {"lr": 0.1, "local_steps": 1, "batch_size": 1},
+            "clients": {"count": 3}, "backend": {"kind": "inline"},
+            "output": {"dir": str(tmp_path), "plots": False}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    # the CLI runs the project's app: swap in the faulty one
+    monkeypatch.setattr(runner, "simulate", functools.partial(simulate, client_app=client_app))
+    return CliRunner().invoke(app, ["run", str(path), "--out", str(run_dir), "-q"]), run_dir
+
+
+def test_every_client_raising_exits_1_and_marks_the_run_directory_incomplete(tmp_path: Path,
+                                                                             monkeypatch):
+    result, run_dir = _cli_run(tmp_path, "tests.fault_app:raise_always", monkeypatch)
+    assert result.exit_code == 1
+    assert "round 1: all 6 client jobs raised" in result.output  # 3 train, 3 evaluate
+    assert not (run_dir / "summary.json").exists()
+    assert (run_dir / "error.txt").read_text().startswith("incomplete: the run failed: "
+                                                          "ClientsFailed: round 1")
+
+
+def test_a_minority_of_client_errors_is_summarised_on_stderr_at_the_end(tmp_path: Path,
+                                                                        monkeypatch):
+    result, run_dir = _cli_run(tmp_path, "tests.fault_app:raise_on_train", monkeypatch)
+    assert result.exit_code == 0
+    assert ("warning: 2 client jobs raised in client code (first: ValueError: boom in client)"
+            in result.output)
+    assert (run_dir / "summary.json").exists() and not (run_dir / "error.txt").exists()
