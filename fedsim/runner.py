@@ -307,8 +307,7 @@ class _RoundRecorder:
         if every and (server_round % every == 0 or server_round == self.scenario.rounds):
             evaluated = self.task.evaluate(arrays_to_model(self._model, arrays), self._test)
             record.update(evaluated)
-        record.update({k if k.startswith("train_") else f"train_{k}": v
-                       for k, v in self._train.items() if k != WORK_KEY})
+        record.update(_named_for_the_record(self._train, taken=record))
         record.update({f"federated_{k}": v for k, v in self._federated.items()})
         self._train, self._federated = {}, {}
         self._check_finite(server_round, arrays, record)
@@ -362,6 +361,18 @@ class _RoundRecorder:
         if self.first_client_error:
             out["first_client_error"] = self.first_client_error
         return out
+
+
+NOT_RECORDED = ("num-examples", WORK_KEY)
+"""Reply metrics that only weigh or time a reply: aggregated, they mean nothing."""
+
+
+def _named_for_the_record(metrics: dict[str, float], taken: dict[str, Any]) -> dict[str, float]:
+    """A strategy's aggregated metrics under their own names (`train_loss`, `eta_g`,
+    `consensus_distance`...); one whose name the record already uses (the grid's counters,
+    centralized `loss`/`accuracy`) is kept as `strategy_<name>`."""
+    return {f"strategy_{k}" if k in taken else k: v for k, v in metrics.items()
+            if k not in NOT_RECORDED}
 
 
 def _floats(metrics: MetricRecord | None) -> dict[str, float]:

@@ -103,9 +103,11 @@ def _finish(message: Message, context: Context, state: dict[str, np.ndarray], se
     context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                             for k, v in state.items()})
     samples = int(state["n"])
-    loss = float(w_local @ R @ w_local - 2 * r @ w_local)  # J_k(w_k) up to the constant yᵀWy
+    # J_k(w_k) - y_kᵀ W_k y_k: the local least-squares objective without its constant, so it
+    # can be negative; not a loss to compare with other strategies' train_loss
+    objective = float(w_local @ R @ w_local - 2 * r @ w_local)
     return reply(message, ArrayRecord({"s": Array(np.ascontiguousarray(sent))}),
-                 **{"num-examples": samples, "train_loss": loss, WORK_KEY: samples})
+                 **{"num-examples": samples, "local_objective": objective, WORK_KEY: samples})
 
 
 def train_admm(message: Message, context: Context) -> Message:
@@ -222,9 +224,9 @@ class ADMM(FedAvg):
                 self.move(np.mean(received, axis=0))
         else:
             self.move(self.stored.mean(axis=0))
-        losses = [float(m.content["metrics"]["train_loss"]) for m in valid]
-        metrics = MetricRecord({"num-examples": len(valid), "scheduled": len(valid),
-                                "train_loss": float(np.mean(losses)) if losses else math.nan})
+        objectives = [float(m.content["metrics"]["local_objective"]) for m in valid]
+        metrics = MetricRecord({"scheduled": len(valid), "local_objective":
+                                float(np.mean(objectives)) if objectives else math.nan})
         return unflatten(self.w, self._like), metrics
 
 

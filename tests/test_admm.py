@@ -109,7 +109,7 @@ def test_partial_participation_draws_and_stores_by_partition_with_opaque_ids(mon
     def answer(message: Message, partition: int) -> RecordDict:
         return RecordDict({"arrays": ArrayRecord({"s": Array(np.full(2, partition + 1.0))}),
                            "metrics": MetricRecord({"num-examples": 1,
-                                                    "train_loss": float(partition)})})
+                                                    "local_objective": float(partition)})})
 
     grid = OpaqueGrid(n, replying(answer))
     strategy = ADMM(num_nodes=n, seed=seed, participation=p)  # no services: asks the grid
@@ -124,7 +124,7 @@ def test_partial_participation_draws_and_stores_by_partition_with_opaque_ids(mon
     expected[scheduled] = np.array(scheduled)[:, None] + 1.0
     assert strategy.stored is not None and np.array_equal(strategy.stored, expected)
     assert arrays is not None and np.array_equal(flatten(arrays), expected.mean(axis=0))
-    assert metrics is not None and metrics["train_loss"] == np.mean(scheduled)
+    assert metrics is not None and metrics["local_objective"] == np.mean(scheduled)
 
 
 def test_grid_services_are_not_checkpointed(tmp_path) -> None:
@@ -142,3 +142,10 @@ def test_admm_on_a_task_without_local_problems_is_refused_at_validation() -> Non
     s = scenario(strategy={"name": "admm", "params": {}})  # digits: no exact local solve
     with pytest.raises(ScenarioError, match=r"task.name: ADMM .* local_problem"):
         check_run(s)
+
+
+def test_admm_records_its_objective_by_name_not_as_a_training_loss() -> None:
+    record = simulate(scenario(copy.deepcopy(WLS), rounds=1)).records[-1]
+    assert "local_objective" in record and "train_loss" not in record
+    assert record["scheduled"] == 20 and not any(k.startswith("train_") for k in record)
+    assert "num-examples" not in record and "train_num-examples" not in record

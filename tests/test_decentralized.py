@@ -50,12 +50,12 @@ def test_network_average_reaches_optimum_and_consensus_std_matches_reference(top
     """
     result = _run(topology, init=4.5, gossip_steps=q)
     assert flatten(result.arrays)[0] == pytest.approx(4.5, abs=1e-12)
-    consensus_std = math.sqrt(result.records[-1]["train_consensus_distance"])
+    consensus_std = math.sqrt(result.records[-1]["consensus_distance"])
     assert consensus_std == pytest.approx(std, abs=5e-4 if std > 0.01 else 5e-5)
     if topology == "complete":
         assert consensus_std == 0.0  # W = 11ᵀ/m: every node holds exactly the same model
-    assert result.records[-1]["train_spectral_gap_q"] == pytest.approx(
-        1 - (1 - result.records[-1]["train_spectral_gap"]) ** q)
+    assert result.records[-1]["spectral_gap_q"] == pytest.approx(
+        1 - (1 - result.records[-1]["spectral_gap"]) ** q)
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_network_average_converges_to_mean_of_centers_from_zero():
 
 def test_more_gossip_steps_strictly_reduce_consensus_error_on_sparse_graph():
     one, four = (_run("ring", rounds=5, init=4.5, gossip_steps=q).records[-1] for q in (1, 4))
-    assert four["train_consensus_distance"] < 0.5 * one["train_consensus_distance"]
+    assert four["consensus_distance"] < 0.5 * one["consensus_distance"]
 
 
 # --------------------------------------------------------------- complete graph
@@ -158,8 +158,8 @@ def test_gossip_noise_changes_the_result():
     noisy = simulate(quadratic(CENTERS, rounds=3, training__local_steps=5,
                                strategy={"name": "dpsgd"}, topology={"name": "ring"},
                                channel__uplink__noise_sigma=0.1))
-    assert clean.records[-1]["train_consensus_distance"] != \
-        noisy.records[-1]["train_consensus_distance"]
+    assert clean.records[-1]["consensus_distance"] != \
+        noisy.records[-1]["consensus_distance"]
     assert not np.array_equal(flatten(clean.arrays), flatten(noisy.arrays))
 
 
@@ -208,7 +208,7 @@ def test_gossip_bytes_counted_through_the_strategy():
     degree_sum = 2 * nx.number_of_edges(nx.Graph(
         [(i, (i + h) % m) for i in range(m) for h in (1, 2, 4, 8)]))
     record = result.records[-1]
-    assert record["train_gossip_bytes"] == q * degree_sum * model_bytes
+    assert record["gossip_bytes"] == q * degree_sum * model_bytes
     assert record["bytes_up"] == q * degree_sum * model_bytes + m * model_bytes
 
 
@@ -291,7 +291,7 @@ def test_spectral_gap_of_a_fixed_topology_is_computed_once(monkeypatch):
     monkeypatch.setattr(decentralized, "mixing_lambda", counting)
     result = _run("ring", rounds=4)
     assert len(calls) == 1
-    assert {r["train_spectral_gap"] for r in result.records[1:]} == \
+    assert {r["spectral_gap"] for r in result.records[1:]} == \
         {1.0 - mixing_lambda(mixing_matrix(ring(len(CENTERS))))}
 
 

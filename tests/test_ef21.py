@@ -40,7 +40,7 @@ def test_ef21_with_identity_compressor_is_gradient_descent() -> None:
     x, records = run("ef21", 20, compressor={"name": "identity"})
     task = make_task(least_squares("ef21", 20))
     _, L = task.smoothness()
-    assert records[-1]["train_step_size"] == pytest.approx(1 / L)  # α = 1: γ = 1/L
+    assert records[-1]["step_size"] == pytest.approx(1 / L)  # α = 1: γ = 1/L
     reference = np.zeros(20)
     for _ in range(20):
         gradient = np.zeros(20)
@@ -77,19 +77,19 @@ def test_theory_steps_use_the_quadratic_and_arithmetic_means() -> None:
     assert np.mean(local) < np.sqrt(np.mean(local ** 2))  # L_AM < L_QM: heterogeneous
     _, ef21 = run("ef21", 1, compressor=TOP2)
     _, ef21_w = run("ef21_w", 1, compressor=TOP2)
-    assert ef21[-1]["train_step_size"] == pytest.approx(
+    assert ef21[-1]["step_size"] == pytest.approx(
         ef21_step(0.1, float(np.sqrt(np.mean(local ** 2))), L))
-    assert ef21_w[-1]["train_step_size"] == pytest.approx(ef21_step(0.1, float(np.mean(local)), L))
-    assert ef21_w[-1]["train_step_size"] > ef21[-1]["train_step_size"]
+    assert ef21_w[-1]["step_size"] == pytest.approx(ef21_step(0.1, float(np.mean(local)), L))
+    assert ef21_w[-1]["step_size"] > ef21[-1]["step_size"]
 
 
 def test_replies_carry_top_k_values_and_indices() -> None:
     _, records = run("ef21", 2, compressor=TOP2, lr=0.005)
     first, second = records[1], records[2]
-    assert first["train_uplink_value_bits"] == 10 * 20 * 64  # uncompressed first messages
-    assert first["train_uplink_index_bits"] == 0
-    assert second["train_uplink_value_bits"] == 10 * 2 * 64
-    assert second["train_uplink_index_bits"] == 10 * 2 * 5  # ⌈log2 20⌉ = 5 bits per index
+    assert first["uplink_value_bits"] == 10 * 20 * 64  # uncompressed first messages
+    assert first["uplink_index_bits"] == 0
+    assert second["uplink_value_bits"] == 10 * 2 * 64
+    assert second["uplink_index_bits"] == 10 * 2 * 5  # ⌈log2 20⌉ = 5 bits per index
     assert second["bytes_up"] == 10 * (2 * 8 + 2)  # two float64 values, 10 packed index bits
 
 

@@ -95,9 +95,9 @@ def test_fedfix_slowest_client_is_ceil_tau_over_period_minus_one_versions_stale(
                                                                                  staleness):
     records = simulate(_scenario("fedfix", {"period_s": period_s}, rounds=30)).records
     # client 0 (τ = 1) is the stalest; it contributes every ⌈1/Δt⌉ ticks
-    maxima = [r["train_staleness_max"] for r in records[1:] if r["train_clients"] > 0]
+    maxima = [r["staleness_max"] for r in records[1:] if r["clients"] > 0]
     assert max(maxima) == staleness
-    with_client0 = [r["round"] for r in records[1:] if r.get("train_staleness_max") == staleness]
+    with_client0 = [r["round"] for r in records[1:] if r.get("staleness_max") == staleness]
     assert np.all(np.diff(with_client0) == round(1 / period_s))
 
 
@@ -115,7 +115,7 @@ def test_fedfix_with_equal_speeds_and_period_one_is_synchronous_fedavg_step_for_
 def test_async_clients_restart_at_once_and_each_arrival_is_one_server_step():
     records = simulate(_scenario("async_fedavg", {"weighting": "identical"}, rounds=12)).records
     times = [r["virtual_time_s"] for r in records[1:]]
-    assert all(r["train_clients"] == 1 for r in records[1:])
+    assert all(r["clients"] == 1 for r in records[1:])
     # arrivals of τ = 0.2, 0.6 and 1.0 jobs restarted at once: 0.2, 0.4, 0.6 (two), 0.8, 1.0 (two)
     np.testing.assert_allclose(times[:7], [0.2, 0.4, 0.6, 0.6, 0.8, 1.0, 1.0], atol=1e-9)
 
@@ -152,7 +152,7 @@ def test_fedbuff_paper_form_aggregates_c_distinct_clients_and_finishers_wait():
     # 0.2: client 2 back; 0.6: client 1 -> step {2, 1}; 0.8: client 2; 1.0: client 0 -> step
     np.testing.assert_allclose([r["virtual_time_s"] for r in records[1:]], [0.6, 1.0, 1.2, 1.8],
                                atol=1e-9)
-    assert all(r["train_clients"] == 2 for r in records[1:])
+    assert all(r["clients"] == 2 for r in records[1:])
 
 
 def test_fedbuff_original_restarts_at_once_and_may_buffer_one_client_twice():
@@ -160,7 +160,7 @@ def test_fedbuff_original_restarts_at_once_and_may_buffer_one_client_twice():
                                              "restart": "immediately"}, rounds=3)).records
     # client 2 (τ = 0.2) fills the first buffer alone: back at 0.2 and 0.4
     assert records[1]["virtual_time_s"] == pytest.approx(0.4)
-    assert records[1]["train_staleness_max"] == 0  # its second job started on θ^0 too
+    assert records[1]["staleness_max"] == 0  # its second job started on θ^0 too
     assert torch.isfinite(torch.tensor(records[-1]["theta"]))
 
 

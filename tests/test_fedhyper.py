@@ -21,8 +21,8 @@ from strategies.fedhyper import DELTA_KEY, MESSAGE_TYPE, FedHyper, _as_float64_r
 from tests.conftest import quadratic, scenario
 
 LR = 0.05
-FEDHYPER_KEYS = {"wall_time_s", "train_eta_g", "train_server_local_lr", "train_local_lr_mean",
-                 "train_local_lr_last"}
+FEDHYPER_KEYS = {"wall_time_s", "eta_g", "server_local_lr", "local_lr_mean",
+                 "local_lr_last"}
 
 
 def _digits(strategy: dict) -> dict:
@@ -59,7 +59,7 @@ def test_zero_hyper_rates_reproduce_flower_fedavg_bit_for_bit(params, fedavg_dig
     # CL sends Δ^{t-1} down with the model by design: only the downlink bytes may differ
     drop = FEDHYPER_KEYS | ({"bytes_down"} if "CL" in params["schedulers"] else set())
     assert _records(hyper.records, drop) == _records(fedavg.records, drop)
-    assert all(r["train_eta_g"] == 1.0 for r in hyper.records[1:])
+    assert all(r["eta_g"] == 1.0 for r in hyper.records[1:])
     assert hyper.records[-1]["failures"] == 0
 
 
@@ -67,7 +67,7 @@ def test_nonzero_global_hyper_rate_departs_from_fedavg(fedavg_digits):
     """Guards the test above: the zero-rate equality is not vacuous."""
     fedavg = fedavg_digits
     hyper = simulate(scenario(**_digits(_fedhyper(schedulers=["G"], beta_g=1.0))))
-    assert hyper.records[-1]["train_eta_g"] != 1.0
+    assert hyper.records[-1]["eta_g"] != 1.0
     assert not np.array_equal(flatten(hyper.arrays), flatten(fedavg.arrays))
 
 
@@ -80,7 +80,7 @@ def _one_client(lr: float, rounds: int, **params: object):
 def test_global_lr_grows_every_round_while_consecutive_updates_agree():
     """F = x²/2, K = 1, η_l = 0.01 (too small), η_g^0 = 1, β_g = 1, x0 = 10, clip [1/3, 3]."""
     result = _one_client(0.01, rounds=6, schedulers=["G"])
-    eta_g = [r["train_eta_g"] for r in result.records[1:]]
+    eta_g = [r["eta_g"] for r in result.records[1:]]
     assert eta_g == pytest.approx([1.0, 1.0099, 1.0196, 1.0291, 1.0384, 1.0475], abs=5e-5)
     assert np.all(np.diff(eta_g) > 0)
 
@@ -88,13 +88,13 @@ def test_global_lr_grows_every_round_while_consecutive_updates_agree():
 def test_global_lr_first_moves_down_to_the_lower_clip_when_updates_oscillate():
     """η_l = 1.5 overshoots, so ⟨Δ^1, Δ^0⟩ < 0 and η_g drops to the band's floor."""
     result = _one_client(1.5, rounds=2, schedulers=["G"])
-    assert [r["train_eta_g"] for r in result.records[1:]] == pytest.approx([1.0, 1 / 3])
+    assert [r["eta_g"] for r in result.records[1:]] == pytest.approx([1.0, 1 / 3])
 
 
 def test_server_local_lr_persists_and_grows_across_rounds():
     """SL: the broadcast lr accumulates across rounds (the released code resets it)."""
     result = _one_client(0.01, rounds=6, schedulers=["SL"])
-    sent = [r["train_server_local_lr"] for r in result.records[1:]]
+    sent = [r["server_local_lr"] for r in result.records[1:]]
     assert sent[0] == 0.01 and np.all(np.diff(sent[1:]) > 0)
     # the clients really used it: x moves further than under FedAvg's fixed 0.01
     fedavg = _one_client(0.01, rounds=6, schedulers=[])
@@ -151,7 +151,7 @@ def test_global_momentum_variant_steps_by_delta_plus_excess_lr_times_momentum():
         m = delta + 0.9 * m
         x = x - delta - (eta - 1.0) * m
     assert flatten(result.arrays)[0] == pytest.approx(x, rel=1e-12)
-    assert result.records[-1]["train_eta_g"] == pytest.approx(eta) and eta > 1.0
+    assert result.records[-1]["eta_g"] == pytest.approx(eta) and eta > 1.0
 
 
 def test_cl_is_rejected_with_momentum_in_local_training():
@@ -165,7 +165,7 @@ def test_cl_first_round_uses_the_initial_local_lr():
     """Δ^{-1} = 0 and K = 1: no product is available yet, so the lr stays η_l^0."""
     result = simulate(quadratic([0.0, 2.0], rounds=1, training__lr=0.01,
                                 strategy=_fedhyper(schedulers=["CL"], fraction_train=1.0)))
-    assert result.records[1]["train_local_lr_last"] == pytest.approx(0.01)
+    assert result.records[1]["local_lr_last"] == pytest.approx(0.01)
 
 
 def test_default_global_bands_are_the_official_codes():
@@ -182,7 +182,7 @@ def test_global_lr_drops_to_the_official_floor_by_default():
     """The overshooting problem above, through the scenario's params: η_g falls to 0.2."""
     result = simulate(quadratic([0.0], rounds=2, training__lr=1.5, task__params__init=10.0,
                                 strategy=_fedhyper(schedulers=["G"], fraction_train=1.0)))
-    assert [r["train_eta_g"] for r in result.records[1:]] == pytest.approx([1.0, 0.2])
+    assert [r["eta_g"] for r in result.records[1:]] == pytest.approx([1.0, 0.2])
 
 
 # ------------------------------------------------- the official rules, re-implemented by hand
@@ -285,5 +285,5 @@ def test_full_variant_gm_plus_cl_matches_the_official_rules_over_rounds():
             w, m = mean + a * (d + 0.9 * m), d + 0.9 * m
         d_prev = d
     np.testing.assert_allclose(flatten(result.arrays), w, rtol=1e-10)
-    assert result.records[-1]["train_eta_g"] == pytest.approx(1.0 + a, rel=1e-10)
+    assert result.records[-1]["eta_g"] == pytest.approx(1.0 + a, rel=1e-10)
     assert a != 0.0
