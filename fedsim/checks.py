@@ -23,7 +23,8 @@ import torch
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import checkpoint as ckpt
-from fedsim.core.schema import Scenario, ScenarioError
+from fedsim.core.errors import ScenarioError
+from fedsim.core.schema import Scenario
 from fedsim.core.task import Task
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.tasks import make_task

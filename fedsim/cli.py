@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,9 +31,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsim.core.schema import Scenario, ScenarioError
-from fedsim.results import Callback
-from fedsim.scenario import load_scenario
+from fedsim.core.errors import ScenarioError
+from fedsim.files import apply_overrides, is_sweep, read_yaml
+
+if TYPE_CHECKING:
+    from fedsim.core.schema import Scenario
 
 app = typer.Typer(
     help="Simulate federated and decentralized learning on heterogeneous devices and noisy "
@@ -79,28 +81,40 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def load(path: Path, overrides: list[str] | None) -> Scenario:
+    """The checked scenario of a file. The file is read (and a hostile one refused) before
+    the schema, the registries and torch are imported."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    from fedsim.scenario import parse_scenario
+
+    return parse_scenario(data, source=str(path))
+
+
 def load_or_fail(path: Path, overrides: list[str] | None) -> Scenario:
     try:
-        return load_scenario(path, overrides or [])
+        return load(path, overrides)
     except ScenarioError as exc:
         fail(str(exc))
 
 
-class ProgressBar(Callback):
-    """Shows rounds done, test accuracy and virtual time while a run goes."""
+def progress_bar(progress: Progress, total: int) -> Any:
+    """A callback that shows rounds done, test accuracy and virtual time while a run goes."""
+    from fedsim.results import Callback
 
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress = progress
-        self.task = progress.add_task("starting", total=total, status="")
+    class ProgressBar(Callback):
+        def __init__(self) -> None:
+            self.task = progress.add_task("starting", total=total, status="")
 
-    def on_run_start(self, scenario: Scenario) -> None:
-        self.progress.update(self.task, description=f"{scenario.name}")
+        def on_run_start(self, scenario: Scenario) -> None:
+            progress.update(self.task, description=f"{scenario.name}")
 
-    def on_round_end(self, record: dict[str, Any]) -> None:
-        parts = [f"{k} {record[k]:.3f}" for k in ("accuracy", "loss") if k in record]
-        if "virtual_time_s" in record:
-            parts.append(f"t={record['virtual_time_s']:.1f}s")
-        self.progress.update(self.task, completed=record["round"], status="  ".join(parts))
+        def on_round_end(self, record: dict[str, Any]) -> None:
+            parts = [f"{k} {record[k]:.3f}" for k in ("accuracy", "loss") if k in record]
+            if "virtual_time_s" in record:
+                parts.append(f"t={record['virtual_time_s']:.1f}s")
+            progress.update(self.task, completed=record["round"], status="  ".join(parts))
+
+    return ProgressBar()
 
 
 def new_run_dir(scenario: Scenario) -> Path:
@@ -155,7 +169,7 @@ def run(
                         console=console, disable=quiet)
     try:
         with progress:
-            bar = ProgressBar(progress, scenario.rounds)
+            bar = progress_bar(progress, scenario.rounds)
             result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir),
                               run_dir=run_dir, resume=resume is not None)
     except (ScenarioError, TopologyError, RunStalled, CheckpointError) as exc:
@@ -191,18 +205,19 @@ def validate(
     checked at every (point, seed), with --set applied to its base. Exit code 2 if any
     file is bad; every file is still checked.
     """
-    from fedsim.checks import CHECK_ERRORS, check_run
-    from fedsim.scenario import read_yaml
-    from fedsim.sweep import check_sweep, is_sweep
 
     bad = 0
     for path in _yaml_files(paths):
         try:
             if is_sweep(read_yaml(path)):
+                from fedsim.sweep import check_sweep
+
                 spec, runs = check_sweep(path, overrides)
                 say(f"ok  {path}: sweep {spec.name} ({runs} runs)")
                 continue
-            scenario = load_scenario(path, overrides or [])
+            scenario = load(path, overrides)
+            from fedsim.checks import CHECK_ERRORS, check_run
+
             try:
                 check_run(scenario)
             except CHECK_ERRORS as exc:

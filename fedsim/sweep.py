@@ -26,14 +26,16 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from fedsim.checks import CHECK_ERRORS, check_run
-from fedsim.core.schema import ScenarioError, Spec, describe_error, scenario_to_dict
-from fedsim.scenario import apply_overrides, parse_scenario, read_yaml, set_path
+from fedsim.core.errors import ScenarioError
+from fedsim.core.schema import NAME_PATTERN, Spec, describe_error, scenario_to_dict
+from fedsim.files import apply_overrides, read_yaml, set_path
+from fedsim.scenario import parse_scenario
 
 
 class SweepSpec(Spec):
     """A sweep file: a base scenario, axes to vary, seeds."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'")
     base: Path | dict[str, Any] = Field(description="scenario file (relative to the sweep file) "
                                                     "or an inline scenario")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides for every run")
@@ -93,14 +95,6 @@ def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
         base = read_yaml(spec.base if spec.base.is_absolute() else path.parent / spec.base)
     apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in spec.set.items()])
     return spec, base
-
-
-SWEEP_KEYS = frozenset({"base", "grid", "zip", "seeds", "target_accuracy"})
-"""Keys only a sweep file has: a YAML mapping with one of them is a sweep, not a scenario."""
-
-
-def is_sweep(data: dict[str, Any]) -> bool:
-    return bool(SWEEP_KEYS & data.keys())
 
 
 def check_sweep(path: Path, overrides: list[str] | None = None) -> tuple[SweepSpec, int]:

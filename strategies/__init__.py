@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import Context, Message
 from pydantic import BaseModel, ValidationError
 
-from fedsim.core.schema import Scenario, ScenarioError, describe_error
+from fedsim.core.errors import ScenarioError
+from fedsim.core.schema import Scenario, describe_error
 from fedsim.core.services import GridServices
 from fedsim.core.task import Task
 

@@ -67,8 +67,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, unflatten
+from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
-from fedsim.core.schema import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.services import GridServices, PartitionMap, services_for
 from strategies import BuildContext, StrategyInfo

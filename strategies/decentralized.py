@@ -72,9 +72,9 @@ from fedsim.core.codec import (
     model_to_arrays,
     unflatten,
 )
+from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
-from fedsim.core.schema import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.services import GridServices, services_for
 from fedsim.core.task import Dataset, Task

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, model_to_arrays, unflatten
+from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
-from fedsim.core.schema import ScenarioError
 from fedsim.core.training import TrainConfig, local_batches
 from strategies import FEDAVG_DEFAULTS, BuildContext, StrategyInfo
 

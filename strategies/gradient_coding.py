@@ -52,9 +52,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedsim.core.client import client_task, reply
 from fedsim.core.clock import Clock
 from fedsim.core.codec import flatten, unflatten
+from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
-from fedsim.core.schema import ScenarioError
 from fedsim.core.services import GridServices, PartitionMap, services_for
 from fedsim.core.task import Dataset, Task
 from strategies import BuildContext, StrategyInfo

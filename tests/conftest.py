@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from fedsim.core.schema import Scenario
-from fedsim.scenario import parse_scenario, set_path
+from fedsim.files import set_path
+from fedsim.scenario import parse_scenario
 
 BASE: dict[str, Any] = {
     "name": "test",

@@ -137,7 +137,7 @@ def test_grid_services_are_not_checkpointed(tmp_path) -> None:
 
 def test_admm_on_a_task_without_local_problems_is_refused_at_validation() -> None:
     from fedsim.checks import check_run
-    from fedsim.core.schema import ScenarioError
+    from fedsim.core.errors import ScenarioError
 
     s = scenario(strategy={"name": "admm", "params": {}})  # digits: no exact local solve
     with pytest.raises(ScenarioError, match=r"task.name: ADMM .* local_problem"):

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from fedsim.cli import app
 from fedsim.core.codec import flatten
-from fedsim.core.schema import ChannelSpec, ClientsSpec, LinkSpec, ScenarioError
+from fedsim.core.errors import ScenarioError
+from fedsim.core.schema import ChannelSpec, ClientsSpec, LinkSpec
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.grid import SimGrid
 from fedsim.engine.links import gossip_over_links

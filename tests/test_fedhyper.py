@@ -155,7 +155,7 @@ def test_global_momentum_variant_steps_by_delta_plus_excess_lr_times_momentum():
 
 
 def test_cl_is_rejected_with_momentum_in_local_training():
-    from fedsim.core.schema import ScenarioError
+    from fedsim.core.errors import ScenarioError
 
     with pytest.raises(ScenarioError, match="momentum"):
         simulate(scenario(**_digits(_fedhyper(schedulers=["CL"])), training__momentum=0.9))

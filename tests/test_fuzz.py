@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from fedsim.cli import app
 from strategies import registry
 
+ROOT = Path(__file__).resolve().parents[1]
 CASES = 300
 CASE_SECONDS = 30
 
@@ -216,3 +217,61 @@ def test_fuzzed_scenarios_run_or_exit_2_with_one_line(capsys: pytest.CaptureFixt
               f"{counts['diverged']} diverged (exit 1), {counts['rejected']} rejected (exit 2)")
     assert total >= 200
     assert counts["ran"] > 0 and counts["rejected"] > 0
+
+
+# ------------------------------------------------------------------ hostile files
+
+_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n"
+    for i in range(8))  # 342 bytes, 9^9 strings once expanded
+
+
+def _hostile_files(tmp: Path) -> dict[str, Path]:
+    cases = {
+        "alias_bomb.yaml": _BOMB.encode(),
+        "huge.yaml": b"name: x\nrounds: 1\nclients: {count: 2}\njunk: [" +
+                     b",".join([b"1"] * 25_000_000) + b"]\n",  # 50 MB
+        "latin1.yaml": "name: café\nrounds: 1\nclients: {count: 2}\n".encode("latin-1"),
+        "quoted_inf.yaml": b'name: q\nrounds: 1\nclients: {count: 2}\ndeadline_s: "inf"\n',
+        "quoted_nan_link.yaml": b'name: q\nrounds: 1\nclients: {count: 2}\n'
+                                b'channel: {uplink: {latency_s: "nan"}}\n',
+        "escaping_name.yaml": b"name: ../../escaped\nrounds: 1\nclients: {count: 2}\n",
+        "absolute_name.yaml": b"name: /tmp/escaped\nrounds: 1\nclients: {count: 2}\n",
+        "long_name.yaml": b"name: " + b"n" * 300 + b"\nrounds: 1\nclients: {count: 2}\n",
+        "nul_name.yaml": b'name: "a\\0b"\nrounds: 1\nclients: {count: 2}\n',
+        "python_tag.yaml": b"name: !!python/object/apply:os.system ['true']\nrounds: 1\n",
+        "not_a_mapping.yaml": b"- just\n- a list\n",
+    }
+    paths = {}
+    for name, data in cases.items():
+        (tmp / name).write_bytes(data)
+        paths[name] = tmp / name
+    (tmp / "a_directory.yaml").mkdir()
+    paths["a_directory.yaml"] = tmp / "a_directory.yaml"
+    return paths
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_hostile_files_exit_2_with_one_line_and_write_nothing(tmp_path: Path, command: str):
+    files = _hostile_files(tmp_path)
+    out = tmp_path / "runs"
+    for name, path in files.items():
+        args = [command, str(path)] + (["--out", str(out / name), "-q"] if command == "run"
+                                       else [])
+        result = CliRunner().invoke(app, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, (name, result.output[-500:])
+        assert "Traceback" not in result.output and lines[0].startswith("error:"), name
+    assert not out.exists()  # refused before any run directory was made
+    assert not (tmp_path.parent / "escaped").exists() and not Path("/tmp/escaped").exists()
+
+
+@pytest.mark.parametrize("override", [
+    "name=[unclosed", "name=!!python/object/apply:os.system ['true']",
+    "name=*alias", "deadline_s='inf'", "strategy.params.min_train_nodes=.nan",
+    "training.lr='-Infinity'"])
+def test_hostile_set_values_exit_2_with_one_line(override: str):
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "scenarios" / "quickstart.yaml"),
+                                      "--set", override])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

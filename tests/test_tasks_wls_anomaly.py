@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.core.schema import ScenarioError
+from fedsim.core.errors import ScenarioError
 from fedsim.engine.tasks import make_task
 from fedsim.engine.tasks.anomaly import TON_IOT_DROP, UNSW_NB15_DROP, detection_metrics
 from tests.conftest import scenario

@@ -369,3 +369,12 @@ def test_gossip_never_increases_consensus_distance_on_random_graphs(
     mixed = gossip(X, W, 2)
     np.testing.assert_allclose(mixed.mean(axis=0), X.mean(axis=0), atol=1e-12)
     assert consensus_distance(mixed) <= mixing_lambda(W) ** 4 * consensus_distance(X) + 1e-12
+
+
+def test_a_graph_too_big_to_build_is_refused_before_any_memory_is_spent() -> None:
+    with pytest.raises(TopologyError, match="complete on 1000000 nodes has about 5e\\+11"):
+        build_graph(parse_topology_spec({"name": "complete"}), 1_000_000, seed=0)
+    with pytest.raises(TopologyError, match="erdos_renyi"):
+        build_graph(parse_topology_spec({"name": "erdos_renyi", "p": 0.5}), 20_000, seed=0)
+    with pytest.raises(TopologyError, match="at most 16384 clients"):
+        mixing_matrix(nx.cycle_graph(20_000))

@@ -318,6 +318,11 @@ class _TopologySpecBase(BaseModel):
         """Raise :class:`TopologyError` if this topology cannot be built on `num_nodes`."""
         _require_num_nodes(num_nodes)
 
+    def expected_edges(self, num_nodes: int) -> float:
+        """About how many edges the graph has (bounded degree by default: a small multiple
+        of `num_nodes`, never too many to build)."""
+        return 0.0
+
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         """The fixed graph on `num_nodes` nodes; `seed` is ignored by deterministic ones."""
         raise NotImplementedError
@@ -376,6 +381,9 @@ class ErdosRenyiSpec(_RandomSpec):
     name: Literal["erdos_renyi"] = "erdos_renyi"
     p: float = Field(gt=0.0, le=1.0, description="edge probability, in (0, 1]")
 
+    def expected_edges(self, num_nodes: int) -> float:
+        return self.p * num_nodes * (num_nodes - 1) / 2
+
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return erdos_renyi(num_nodes, self.p, seed, self.max_tries)
 
@@ -422,6 +430,9 @@ class StarSpec(_TopologySpecBase):
 class CompleteSpec(_TopologySpecBase):
     name: Literal["complete"] = "complete"
 
+    def expected_edges(self, num_nodes: int) -> float:
+        return num_nodes * (num_nodes - 1) / 2
+
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return complete(num_nodes)
 
@@ -458,9 +469,18 @@ def parse_topology_spec(data: Mapping[str, Any], num_nodes: int | None = None) -
     return _TOPOLOGY_SPEC_ADAPTER.validate_python(data, context=context)
 
 
+MAX_EDGES = 20_000_000
+"""Edges a graph may have (a complete graph on 1,000,000 nodes would exhaust any memory)."""
+
+
 def build_graph(spec: TopologySpec, num_nodes: int, seed: int) -> nx.Graph:
     """The spec's fixed graph on nodes 0..m-1, checked to be connected."""
     spec.check_num_nodes(num_nodes)
+    edges = spec.expected_edges(num_nodes)
+    if edges > MAX_EDGES:
+        raise TopologyError(f"topology: {spec.name} on {num_nodes} nodes has about {edges:.3g} "
+                            f"edges (at most {MAX_EDGES:.0e}); use a sparse topology (ring, "
+                            "exponential, random_regular) or fewer clients")
     G = spec.build(num_nodes, seed)
     # Only an edge list can fail here: the random builders re-draw until connected.
     require_connected(G, str(spec), fix="join the components in the edge list")

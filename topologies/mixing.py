@@ -56,8 +56,16 @@ def max_degree(G: nx.Graph) -> np.ndarray:
     return _with_diagonal(A / (1.0 + A.sum(axis=1).max(initial=0.0)))
 
 
+MAX_DENSE_NODES = 16_384
+"""Nodes a (dense) gossip matrix may have: m x m floats, 2 GiB at this bound."""
+
+
 def mixing_matrix(G: nx.Graph, kind: MixingKind = "metropolis_hastings") -> np.ndarray:
     """The gossip matrix of `kind` on G."""
+    m = G.number_of_nodes()
+    if m > MAX_DENSE_NODES:
+        raise TopologyError(f"a gossip matrix on {m} nodes needs {m * m * 8 / 2**30:.0f} GiB; "
+                            f"decentralized strategies take at most {MAX_DENSE_NODES} clients")
     if kind == "metropolis_hastings":
         return metropolis_hastings(G)
     if kind == "max_degree":

@@ -19,13 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from topologies import TopologySpec
 
-
-class ScenarioError(ValueError):
-    """A scenario problem, reported as one line naming the field and the fix."""
-
-
 MAX_ROUNDS = 10_000_000
 """Upper bound on rounds: a typo'd exponent fails at once instead of running for ever."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+"""A run's name becomes a directory name: letters, digits, '.', '_', '-', at most 100, and
+never a path (no '/', no leading '.'), so no run is written outside `output.dir`."""
 MAX_CLIENTS = 1_000_000
 """Upper bound on clients.count (every device gets its own state and random streams)."""
 
@@ -305,7 +303,7 @@ class DeploySpec(Spec):
 
 
 class Scenario(Spec):
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'")
     seed: int = Field(default=0, ge=0, lt=2**63)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     deadline_s: float | None = Field(default=None, gt=0, description="virtual seconds per round")

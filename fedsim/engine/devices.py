@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import (
     AlwaysOn,
     BernoulliAvailability,
@@ -30,7 +31,6 @@ from fedsim.core.schema import (
     LinkSpec,
     LogNormal,
     MarkovAvailability,
-    ScenarioError,
     Uniform,
 )
 from fedsim.core.seeding import rng

@@ -13,7 +13,8 @@ import pkgutil
 
 from pydantic import ValidationError
 
-from fedsim.core.schema import Scenario, ScenarioError, describe_error
+from fedsim.core.errors import ScenarioError
+from fedsim.core.schema import Scenario, describe_error
 from fedsim.core.task import Task
 
 

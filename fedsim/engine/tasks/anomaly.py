@@ -37,7 +37,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedsim.core.schema import ScenarioError
+from fedsim.core.errors import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.task import Dataset, Task, TaskParams
 

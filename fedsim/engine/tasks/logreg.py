@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedsim.core.schema import ScenarioError
+from fedsim.core.errors import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.task import Dataset, Task, TaskParams
 from fedsim.engine.tasks.partition import partition_indices
