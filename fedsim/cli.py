@@ -20,6 +20,8 @@ on a terminal.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -138,18 +140,31 @@ def run(
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this directory from its last checkpoint "
              "(scenario from its resolved.yaml).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace what an earlier run left in --out (refused otherwise).")
+                         ] = False,
 ) -> None:
-    """Run a scenario and write its run directory (metrics, summary, plots)."""
+    """Run a scenario and write its run directory (metrics, summary, plots).
+
+    One process writes a run directory at a time. Ctrl-C or SIGTERM stop the run after
+    its last checkpoint (exit 130 / 143); `--resume RUN_DIR` goes on from there.
+    """
     from fedsim.checkpoint import CheckpointError
     from fedsim.checks import CHECK_ERRORS, check_run
-    from fedsim.results import RunWriter
+    from fedsim.results import (
+        RunDirInUse,
+        RunWriter,
+        clear_run_outputs,
+        has_run_outputs,
+        run_dir_lock,
+    )
     from fedsim.runner import ClientsFailed, Diverged, RunStalled, simulate
     from topologies import TopologyError
 
     if resume is not None:
-        if scenario_file is not None or overrides or out is not None:
+        if scenario_file is not None or overrides or out is not None or overwrite:
             fail("--resume RUN_DIR takes the scenario and directory from RUN_DIR; "
-                 "give no scenario file, --set or --out with it")
+                 "give no scenario file, --set, --out or --overwrite with it")
         if not (resume / "resolved.yaml").is_file():
             fail(f"{resume}: not a run directory (no resolved.yaml)")
         scenario = load_or_fail(resume / "resolved.yaml", None)
@@ -159,31 +174,61 @@ def run(
     else:
         scenario = load_or_fail(scenario_file, overrides)
         run_dir = out or new_run_dir(scenario)
+        if run_dir.exists() and not run_dir.is_dir():
+            fail(f"--out {run_dir}: is a file; name a directory")
+        if has_run_outputs(run_dir) and not overwrite:
+            fail(f"--out {run_dir}: holds an earlier run; pass --overwrite to replace it, "
+                 "--resume to continue it, or name another directory")
     try:  # a scenario that cannot start leaves no run directory behind
         check_run(scenario, resume=resume is not None)
     except CHECK_ERRORS as exc:
         fail(str(exc))
+    held = contextlib.ExitStack()  # the run directory's lock, until the run ends
+    try:
+        held.enter_context(run_dir_lock(run_dir))
+    except RunDirInUse as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{run_dir}: cannot write the run directory ({exc.strerror or exc})")
+    if overwrite and resume is None:
+        clear_run_outputs(run_dir)
     writer = RunWriter(run_dir, plots=scenario.output.plots)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=console, disable=quiet)
+    signal.signal(signal.SIGTERM, _stop)  # SIGTERM ends a run as Ctrl-C does
     try:
         with progress:
             bar = progress_bar(progress, scenario.rounds)
             result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir),
                               run_dir=run_dir, resume=resume is not None)
+    except (KeyboardInterrupt, Stopped) as exc:
+        code = 143 if isinstance(exc, Stopped) else 130
+        how = (f"resume it with: fedsim run --resume {run_dir}" if scenario.checkpoint.every
+               else "it kept no checkpoint (checkpoint.every: 0): run it again")
+        fail(f"stopped by {'SIGTERM' if code == 143 else 'Ctrl-C'}; {how}", code=code)
     except (ScenarioError, TopologyError, RunStalled, CheckpointError) as exc:
         fail(str(exc))
     except Diverged as exc:
         fail(f"{exc}; metrics up to the last finite round are in {run_dir}", code=1)
     except ClientsFailed as exc:  # client code raised on every job: a bug, not bad input
         fail(f"{exc}; run directory: {run_dir}", code=1)
+    finally:
+        held.close()
     show_table([(key, _fmt(value)) for key, value in result.summary.items()])
     if result.summary.get("total_client_errors"):
         print(f"warning: {result.summary['total_client_errors']} client jobs raised in client "
               f"code (first: {result.summary['first_client_error']}); tracebacks in "
               f"{run_dir / 'flower.log'}", file=sys.stderr)
     say(f"run directory: {run_dir}")
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived: unwind the run like Ctrl-C (not an error of the run)."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped
 
 
 def _log_file(run_dir: Path) -> Path:

@@ -8,9 +8,12 @@ around the run, never a branch inside strategies or the grid.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +24,50 @@ from fedsim.core.schema import Scenario, scenario_to_dict
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
+
+
+LOCK_FILE = ".lock"
+RUN_OUTPUTS = ("resolved.yaml", "metrics.jsonl", "summary.json", "model.npz", "error.txt",
+               "checkpoint.npz", "flower.log")
+"""What a run writes into its directory (a sweep's `scenario.yaml`/`point.json` are inputs)."""
+
+
+class RunDirInUse(RuntimeError):
+    """Another process is writing this run directory."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` as its only writer for as long as the block runs.
+
+    An exclusive `flock` on `RUN_DIR/.lock`: the kernel drops it when the process dies, so a
+    killed run never leaves a stale lock, and a second `fedsim run --resume` (or a sweep
+    rerun) on a live run is refused instead of writing beside it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirInUse(f"{run_dir}: another fedsim process is writing this run directory "
+                          "(wait for it to finish, or stop it)") from None
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def has_run_outputs(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_OUTPUTS)
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """Remove what an earlier run wrote (`--overwrite`), leaving a sweep's inputs."""
+    for name in RUN_OUTPUTS:
+        (run_dir / name).unlink(missing_ok=True)
+    for plot in run_dir.glob("*.png"):
+        plot.unlink()
 
 
 class Callback:

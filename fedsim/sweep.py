@@ -8,11 +8,14 @@ and the sweep goes on; a run killed midway has neither and is run again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import hashlib
 import itertools
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +32,7 @@ from fedsim.checks import CHECK_ERRORS, check_run
 from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import NAME_PATTERN, Spec, describe_error, scenario_to_dict
 from fedsim.files import apply_overrides, read_yaml, set_path
+from fedsim.results import LOCK_FILE, RunDirInUse, run_dir_lock
 from fedsim.scenario import parse_scenario
 
 
@@ -168,7 +172,14 @@ def run_sweep(path: Path, out: Path, parallel: int = 1, retry_failed: bool = Fal
             if on_progress:
                 on_progress(point, f"skipped ({state})")
             continue
-        _reset(run_dir)
+        try:
+            with run_dir_lock(run_dir):  # a live run of an earlier, killed sweep is left alone
+                _reset(run_dir)
+        except RunDirInUse:
+            outcome.skipped += 1
+            if on_progress:
+                on_progress(point, "skipped (another process is running it)")
+            continue
         try:
             scenario = parse_scenario(point_scenario(base, point), source=point.label)
         except ScenarioError as exc:
@@ -189,11 +200,12 @@ def run_sweep(path: Path, out: Path, parallel: int = 1, retry_failed: bool = Fal
 
 
 def _reset(run_dir: Path) -> None:
-    """Start a run directory afresh (a run killed midway left a partial one)."""
-    if run_dir.exists():
-        for child in sorted(run_dir.rglob("*"), reverse=True):
-            child.rmdir() if child.is_dir() else child.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Start a run directory afresh (a run killed midway left a partial one); its lock file
+    stays, held by the caller."""
+    for child in sorted(run_dir.rglob("*"), reverse=True):
+        if child.name == LOCK_FILE and child.parent == run_dir:
+            continue
+        child.rmdir() if child.is_dir() else child.unlink()
 
 
 def _fail(run_dir: Path, point: Point, error: str) -> None:
@@ -223,7 +235,8 @@ def _run_all(pending: list[tuple[Point, Path]], parallel: int
             log = (run_dir / "run.log").open("w")
             process = subprocess.Popen(
                 [sys.executable, "-m", "fedsim.cli", "run", str(run_dir / "scenario.yaml"),
-                 "--out", str(run_dir), "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+                 "--out", str(run_dir), "--quiet"], stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
             running.append((point, run_dir, process))
         time.sleep(0.2)
         for item in list(running):
@@ -239,6 +252,16 @@ def _run_all(pending: list[tuple[Point, Path]], parallel: int
             yield point, run_dir, ok
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _die_with_parent() -> None:
+    """In a sweep's child, before it runs: the kernel sends it SIGTERM when the sweep dies,
+    so killing a sweep never leaves runs writing behind it (Linux; a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _run_here(point: Point, run_dir: Path) -> bool:
     """One run in this process; an exception marks the point failed, nothing else."""
     from fedsim.results import RunWriter
@@ -248,8 +271,9 @@ def _run_here(point: Point, run_dir: Path) -> bool:
     _write_point(run_dir, point)
     try:
         scenario = load_scenario(run_dir / "scenario.yaml")
-        simulate(scenario, [RunWriter(run_dir, plots=scenario.output.plots)],
-                 log_file=run_dir / "flower.log")
+        with run_dir_lock(run_dir):
+            simulate(scenario, [RunWriter(run_dir, plots=scenario.output.plots)],
+                     log_file=run_dir / "flower.log")
     except Exception as exc:  # a failed point must not stop the sweep
         (run_dir / "error.txt").write_text(
             "".join(traceback.format_exception_only(exc)).strip() + "\n")

@@ -107,8 +107,25 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_sigkill_after_round_5_then_resume_is_bit_identical(name: str, tmp_path: Path) -> None:
-    data = CASES[name] | {"rounds": 12, "checkpoint": {"every": 1 if name == "ef21" else 5},
-                          "output": {"dir": str(tmp_path), "plots": False}}
+    _kill_after_round_5_then_resume(CASES[name] | {
+        "checkpoint": {"every": 1 if name == "ef21" else 5}}, tmp_path, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigterm_on_a_ray_run_exits_143_saying_how_to_resume_and_resumes_exactly(
+        tmp_path: Path) -> None:
+    data = CASES["fedavg"] | {"checkpoint": {"every": 5},
+                              "backend": {"kind": "ray", "num_actors": 2, "actor_cpus": 0.5}}
+    err = _kill_after_round_5_then_resume(data, tmp_path, signal.SIGTERM)
+    assert "stopped by SIGTERM; resume it with: fedsim run --resume" in err
+    assert "Traceback" not in err and "core dumped" not in err
+
+
+def _kill_after_round_5_then_resume(case: dict[str, Any], tmp_path: Path, sig: int) -> str:
+    """Kill a CLI run with `sig` right after round 5's checkpoint, resume it, and compare
+    with an uninterrupted run; the killed run's stderr."""
+    data = case | {"rounds": 12, "output": {"dir": str(tmp_path), "plots": False}}
     parse_scenario(copy.deepcopy(data))  # the case itself is valid
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -119,9 +136,9 @@ def test_sigkill_after_round_5_then_resume_is_bit_identical(name: str, tmp_path:
     assert victim.stdout is not None
     line = victim.stdout.readline()  # blocks until round 5's checkpoint is written
     assert line.strip() == "CHECKPOINTED", victim.communicate()[1][-3000:]
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
+    victim.send_signal(sig)
+    _, victim_err = victim.communicate(timeout=60)
+    assert victim.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 143), victim_err
     assert ckpt.load(killed).round == KILL_AT
     assert not (killed / "summary.json").exists()
     _finish(first)
@@ -138,6 +155,7 @@ def test_sigkill_after_round_5_then_resume_is_bit_identical(name: str, tmp_path:
     summary_b = json.loads((killed / "summary.json").read_text())
     summary_a.pop("wall_time_s"), summary_b.pop("wall_time_s")
     assert summary_a == summary_b
+    return victim_err
 
 
 def test_in_process_resume_from_last_checkpoint_matches(tmp_path: Path) -> None:
@@ -302,3 +320,46 @@ def test_a_checkpoint_with_a_foreign_model_shape_is_refused(tmp_path: Path) -> N
     s = parse_scenario(checkpoint.scenario)
     with pytest.raises(ckpt.CheckpointError, match="does not fit"):
         simulate(s, run_dir=run_dir, resume=True)
+
+
+def test_a_second_writer_on_a_live_run_directory_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedsim.results import run_dir_lock
+
+    run_dir = _run_with_checkpoint(tmp_path)
+    (run_dir / "summary.json").unlink()  # as if still running
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with run_dir_lock(run_dir):  # the live run holds it
+        result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "-q"])
+    assert result.exit_code == 2 and "another fedsim process" in result.output
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_out_at_an_earlier_run_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    run_dir = _run_with_checkpoint(tmp_path)
+    path = tmp_path / "s.yaml"
+    data = yaml.safe_load(path.read_text()) | {"rounds": 1, "checkpoint": {"every": 0}}
+    path.write_text(yaml.safe_dump(data))
+    refused = CliRunner().invoke(app, ["run", str(path), "--out", str(run_dir), "-q"])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 3  # untouched
+    done = CliRunner().invoke(app, ["run", str(path), "--out", str(run_dir), "-q",
+                                    "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 1
+    assert not (run_dir / ckpt.FILENAME).exists()  # the old run's checkpoint is gone
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_unwritable_or_file_out_is_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_quadratic() | {"rounds": 1}))
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "-q"])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, out

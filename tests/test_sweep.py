@@ -143,3 +143,29 @@ def test_every_shipped_sweep_expands_into_valid_scenarios(path):
     assert len(points) >= 2
     for point in points:
         parse_scenario(point_scenario(base, point), source=f"{path.name}: {point.label}")
+
+
+def test_killing_a_parallel_sweep_stops_its_runs_and_a_rerun_writes_each_round_once(tmp_path):
+    """The children of a killed `fedsim sweep --parallel` die with it (nothing writes
+    behind the rerun), and the rerun gives every run exactly one record per round."""
+    rounds = 60
+    data = {"name": "killed", "base": BASE | {"rounds": rounds}, "seeds": [0, 1]}
+    path = write_sweep(tmp_path, data)
+    out = tmp_path / "out"
+    sweep = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "sweep", str(path),
+                              "--out", str(out), "--no-report", "--parallel", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while (sum(1 for p in out.glob("runs/*/metrics.jsonl") if p.stat().st_size) < 2
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    sweep.kill()  # SIGKILL: no chance to clean up; the kernel tells the children
+    sweep.wait()
+    time.sleep(3)
+    sizes = {p: p.stat().st_size for p in out.glob("runs/*/metrics.jsonl")}
+    time.sleep(2)
+    assert sizes and {p: p.stat().st_size for p in sizes} == sizes  # nobody writes any more
+    outcome = run_sweep(path, out)
+    assert outcome.done + outcome.skipped == 2 and outcome.failed == 0
+    for metrics in out.glob("runs/*/metrics.jsonl"):
+        assert [r["round"] for r in read_metrics(metrics.parent)] == list(range(rounds + 1))

@@ -27,6 +27,8 @@ import importlib
 import logging
 import os
 import secrets
+import signal
+import sys
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -173,8 +175,9 @@ def _require_a_token() -> None:
 
     Ray's processes listen on every interface (it has no loopback-only mode), so the
     cluster started for a run uses Ray's token authentication with a fresh random token,
-    passed to its processes through the environment. A user who set `RAY_AUTH_MODE`
-    themselves keeps their choice; joining a cluster (`backend.address`) uses its settings.
+    passed to its processes through the environment (before Ray is imported: it reads the
+    mode then). A user who set `RAY_AUTH_MODE` themselves keeps their choice; joining a
+    cluster (`backend.address`), or a process that imported Ray already, uses its settings.
     """
     if "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -298,6 +301,8 @@ class RayPool:
 
     def __init__(self, spec: WorkerSpec, num_workers: int, actor_cpus: float = 1.0,
                  address: str | None = None) -> None:
+        if address is None and "ray" not in sys.modules:
+            _require_a_token()  # Ray reads its authentication mode when it is imported
         import ray
 
         _set_task_identity(spec.run_id)
@@ -306,10 +311,11 @@ class RayPool:
         # training would get a fraction of a core. Only a cluster started here is affected.
         os.environ.setdefault("RAY_worker_niceness", "0")
         if not ray.is_initialized():
-            if address is None:
-                _require_a_token()
+            sigterm = signal.getsignal(signal.SIGTERM)
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, num_cpus=None if address else os.cpu_count())
+            if sigterm is not None:  # ray.init installs its own; the driver's stays the app's
+                signal.signal(signal.SIGTERM, sigterm)
         self._ray = ray
         self._spec = spec
         self._actor_class = ray.remote(num_cpus=actor_cpus)(_RayWorker)
