@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.results import read_metrics
+from fedsim.results import read_metrics, to_json
 
 
 @dataclass
@@ -55,6 +55,15 @@ def collect(paths: list[Path]) -> list[RunData]:
 
 
 def _load(run_dir: Path) -> RunData:
+    """A run directory's data; one whose files cannot be read is a run with that error."""
+    try:
+        return _read(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # truncated, edited, binary...
+        reason = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        return RunData(run_dir, str(run_dir), 0, error=f"unreadable run directory ({reason})")
+
+
+def _read(run_dir: Path) -> RunData:
     point_file, summary_file = run_dir / "point.json", run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     overrides: dict[str, Any] = {}
@@ -269,5 +278,5 @@ def write_report(runs: list[RunData], out_dir: Path, target: float | None = None
         + "".join(f"<p><img src='{p.name}'></p>" for p in plots)
         + (f"<h2>Failed runs</h2><ul>{fails}</ul>" if fails else ""))
     paths["csv"].write_text(table_csv(rows))
-    paths["json"].write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    paths["json"].write_text(to_json(rows, indent=2) + "\n")
     return paths

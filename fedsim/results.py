@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,21 @@ class Callback:
         """The run stopped on an error (one line); what was written so far stays."""
 
 
+def to_json(value: Any, indent: int | None = None) -> str:
+    """Standard JSON: a NaN or infinite number (a mean over no replies, a metric that blew
+    up) is written as null, which every JSON reader takes; Python's NaN/Infinity are not."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=indent, allow_nan=False, default=str)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a uniquely named temporary file, then rename: a reader never sees half a file,
     and two writers never share a temporary file."""
@@ -131,12 +147,12 @@ class RunWriter(Callback):
     def on_round_end(self, record: dict[str, Any]) -> None:
         self._records.append(record)
         with (self.run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
 
     def on_run_end(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:
         if arrays is not None:
             save_arrays(self.run_dir / "model.npz", arrays)
-        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.run_dir / "summary.json", to_json(summary, indent=2) + "\n")
         if self.plots:
             plot_run(self._records, self.run_dir / "accuracy.png", title=summary.get("name", ""))
 

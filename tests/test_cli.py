@@ -104,3 +104,22 @@ def test_tables_on_a_pipe_are_plain_lines_that_do_not_wrap():
     assert rows[0] == ["name", "what it is"]
     assert {name: summary for name, summary in rows[1:]} == {
         name: info.summary for name, info in registry().items()}
+
+
+def _strict_json(text: str) -> object:
+    """JSON as other languages read it: NaN and Infinity are not JSON."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_report_on_a_truncated_run_lists_it_as_unreadable_in_standard_json(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"name": "x", "strategy": "fedavg", "seed": 0}')
+    (run / "metrics.jsonl").write_text('{"round": 0, "accuracy": 0.1}\n{"round": 1, "accu')
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--format", "json",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    [row] = _strict_json(result.output)
+    assert row["failed"] == 1 and row["errors"].startswith("unreadable run directory")
