@@ -8,9 +8,9 @@ from the clock, not from rounds. It asks the clock for two things only:
 - `wait_for_replies(grid, ids)`: block until at least one reply has arrived and return
   every reply that arrived at that same instant, for schemes that act on arrivals.
 
-A grid that keeps its own time offers it as `grid.clock()`: SimGrid's virtual clock jumps
-straight to the next event (nothing sleeps; `fedsim.engine.clock`). On any other grid the
-same calls sleep and poll `pull_messages` (`WallClock`). Two instants closer than
+A strategy gets its clock from its grid services (`fedsim.core.services`): SimGrid's
+virtual clock jumps straight to the next event (nothing sleeps); on a deployed grid the same
+calls sleep and poll `pull_messages` (`WallClock`). Two instants closer than
 `RESOLUTION_S` are one instant, so that job times such as 0.2 s that are not exact in binary
 still tie with an aggregation tick they land on.
 """
@@ -80,10 +80,3 @@ class WallClock(Clock):
             if replies or not message_ids or self.now() >= until:
                 return replies
             time.sleep(min(self.poll_interval_s, max(until - self.now(), 0.0)))
-
-
-def clock_for(grid: Grid) -> Clock:
-    """The grid's own clock where it keeps one (a simulated grid's virtual clock), else
-    the wall clock."""
-    own = getattr(grid, "clock", None)
-    return own() if callable(own) else WallClock()

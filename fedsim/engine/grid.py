@@ -306,7 +306,7 @@ class SimGrid(Grid):
         self.pool.set_states(states)
 
     def clock(self) -> VirtualClock:
-        """The grid's virtual clock, for strategies that act on time (see `clock_for`)."""
+        """The grid's virtual clock, for strategies that act on time (`SimServices.clock`)."""
         return VirtualClock(self)
 
     def advance_to(self, t: float) -> None:
