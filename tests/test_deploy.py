@@ -1,77 +1,15 @@
-"""Deployment end to end: `flwr run` of this project on the session's real federation.
+"""The commands `fedsim deploy` prints: secure by default.
 
-The federation (fixture `deployment`, tests/harness.py) is secured as `fedsim deploy` prints
-it: TLS and SuperNode authentication, 4 SuperNodes started in reverse partition order, with
-Dirichlet (unequal) partitions of the data. Also: the commands `fedsim deploy` prints.
+Runs on the session's real federation (tests/harness.py, secured as these commands say)
+are in tests/test_deploy_strategies.py: every strategy family and the quickstart.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from pathlib import Path
-
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from fedsim.cli import app
-from tests.harness import Federation
-
-SUMMARY = re.compile(r"fedsim summary: (\{.*\})")
-NODES = 4
-
-
-def scenario_file(tmp_path: Path, strategy: dict) -> Path:
-    path = tmp_path / f"{strategy['name']}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": f"deploy-{strategy['name']}", "seed": 0, "rounds": 2,
-        "task": {"name": "digits", "model": "logreg",
-                 "partition": {"kind": "dirichlet", "alpha": 1.0}},
-        "training": {"lr": 0.1, "local_epochs": 1, "batch_size": 16},
-        "clients": {"count": NODES}, "strategy": strategy, "backend": {"kind": "inline"},
-    }))
-    return path
-
-
-FEDAVG = {"name": "fedavg", "params": {"fraction_evaluate": 0.0, "min_available_nodes": NODES,
-                                       "min_train_nodes": NODES}}
-# keeps client state: each SuperNode holds its EF21 gradient estimate g_i across rounds
-EF21 = {"name": "ef21", "params": {"lr": 1.0, "compressor": {"name": "top_k", "ratio": 0.1}}}
-
-
-def deploy(fed: Federation, tmp_path: Path, strategy: dict) -> tuple[Path, list[dict]]:
-    """`flwr run` the project with `strategy`; its scenario file and metrics records."""
-    scenario = scenario_file(tmp_path, strategy)
-    out = tmp_path / f"out-{strategy['name']}"
-    run = fed.flwr_run(f'scenario="{scenario}" out-dir="{out}"')
-    logs = run.stdout + run.stderr
-    match = SUMMARY.search(logs)
-    assert match, f"{logs[-3000:]}\n{fed.log_tails()}"
-    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    accuracies = [r["accuracy"] for r in records]
-    assert len(records) == 3 and all(math.isfinite(a) for a in accuracies), records
-    assert accuracies[-1] > accuracies[0] + 0.2, accuracies
-    assert json.loads(match.group(1))["final_accuracy"] == accuracies[-1]
-    return scenario, records
-
-
-@pytest.mark.slow
-def test_fedavg_deploys_to_an_authenticated_tls_federation(deployment, tmp_path):
-    deploy(deployment, tmp_path, FEDAVG)
-
-
-@pytest.mark.slow
-def test_deployed_ef21_gives_the_simulations_numbers(deployment, tmp_path):
-    from fedsim.runner import simulate
-    from fedsim.scenario import load_scenario
-
-    scenario, deployed = deploy(deployment, tmp_path, EF21)
-    simulated = simulate(load_scenario(scenario, [])).records
-    keys = ("round", "accuracy", "loss")
-    assert ([{k: r.get(k) for k in keys} for r in deployed]
-            == [{k: r.get(k) for k in keys} for r in simulated])
 
 
 def deploy_output(*args: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ EF = {"lr": 1.0, "compressor": {"name": "top_k", "ratio": 0.5}}
 
 # name: (task, strategy, extra scenario keys)
 DETERMINISTIC: dict[str, tuple[dict, dict, dict]] = {
+    "ef21": (LOGREG, {"name": "ef21", "params": EF}, {}),
     "ef21_w": (LOGREG, {"name": "ef21_w", "params": EF}, {}),
     "ef14": (LOGREG, {"name": "ef14", "params": EF}, {}),
     "econtrol": (LOGREG, {"name": "econtrol", "params": EF}, {}),
@@ -66,15 +68,35 @@ def _scenario(name: str, task: dict, strategy: dict, extra: dict) -> dict[str, A
             "evaluation": {"centralized_every": 1}, "output": {"plots": False}, **extra}
 
 
-def _deploy(fed: Federation, tmp_path: Path, data: dict[str, Any]) -> Path:
+def _deploy(fed: Federation, tmp: Path, name: str, data: dict[str, Any]) -> Path:
     """`flwr run` the project on `data`; its run directory."""
-    path = tmp_path / "scenario.yaml"
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
-    out = tmp_path / "deployed"
-    run = fed.flwr_run(f'scenario="{path}" out-dir="{out}"')
+    out = tmp / name
+    run = fed.flwr_run(f'scenario="{path}" out-dir="{out}"', timeout=900)
     assert (out / "summary.json").is_file(), (
-        f"{(run.stdout + run.stderr)[-3000:]}\n{fed.log_tails()}")
+        f"{name}: {(run.stdout + run.stderr)[-3000:]}\n{fed.log_tails()}")
     return out
+
+
+@pytest.fixture(scope="module")
+def deployed(deployment, tmp_path_factory) -> dict[str, Any]:
+    """Every family's run. The first runs alone (the SuperNodes install the app once); the
+    rest two at a time: a deployed round mostly waits (Flower's 3 s polls, a process per
+    message), and two runs side by side take little more than one."""
+    tmp = tmp_path_factory.mktemp("families")
+    scenarios = {name: _scenario(name, *spec)
+                 for name, spec in {**DETERMINISTIC, **TIMING_OR_DRAWS}.items()}
+    first, *rest = scenarios
+    futures: dict[str, Future[Path]] = {first: Future()}
+    try:
+        futures[first].set_result(_deploy(deployment, tmp, first, scenarios[first]))
+    except Exception as exc:  # reported by that family's test, not as a setup error
+        futures[first].set_exception(exc)
+    with ThreadPoolExecutor(2) as pool:
+        futures |= {name: pool.submit(_deploy, deployment, tmp, name, scenarios[name])
+                    for name in rest}
+    return {name: (scenarios[name], future) for name, future in futures.items()}
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -83,22 +105,22 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC))
-def test_deployed_model_is_bit_identical_to_the_simulated_one(deployment, tmp_path, name):
-    data = _scenario(name, *DETERMINISTIC[name])
-    out = _deploy(deployment, tmp_path, data)
+def test_deployed_model_is_bit_identical_to_the_simulated_one(deployed, name):
+    data, future = deployed[name]
+    out = future.result()
     simulated = simulate(parse_scenario(data))
-    deployed = np.load(out / "model.npz")
-    assert sorted(deployed) == sorted(simulated.arrays.keys())
+    deployed_model = np.load(out / "model.npz")
+    assert sorted(deployed_model) == sorted(simulated.arrays.keys())
     for key, array in simulated.arrays.items():
-        assert deployed[key].tobytes() == array.numpy().tobytes(), key
+        assert deployed_model[key].tobytes() == array.numpy().tobytes(), key
     assert len(_records(out)) == data["rounds"] + 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TIMING_OR_DRAWS))
-def test_strategy_runs_its_rounds_deployed(deployment, tmp_path, name):
-    data = _scenario(name, *TIMING_OR_DRAWS[name])
-    out = _deploy(deployment, tmp_path, data)
+def test_strategy_runs_its_rounds_deployed(deployed, name):
+    data, future = deployed[name]
+    out = future.result()
     records = _records(out)
     assert [r["round"] for r in records] == list(range(data["rounds"] + 1))
     assert all(math.isfinite(v) for r in records for k, v in r.items()
