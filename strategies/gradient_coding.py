@@ -258,7 +258,21 @@ def train_gradient_coding(message: Message, context: Context) -> Message:
                     "total-samples": total})
 
 
-class GradientCodingGD(OwnLoop, FedAvg):
+class GradientMaster:
+    """What a gradient master (GC, SGC) binds when its loop starts: the train config and
+    its lr, the grid with its services and clock, and the model's shape."""
+
+    services: GridServices | None
+
+    def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
+                timeout: float | None, config: ConfigRecord) -> None:
+        self._config, self._lr = config, float(config["lr"])
+        self._services = services_for(grid, self.services)
+        self._grid, self._clock = grid, self._services.clock()
+        self._like = initial_arrays
+
+
+class GradientCodingGD(GradientMaster, OwnLoop, FedAvg):
     """Gradient-coded distributed GD (Tandon et al., ICML 2017): exact steps despite stragglers.
 
     Each round the master pushes x to all n workers; worker i returns f_i = Σ_j B_ij g_j; the
@@ -330,13 +344,6 @@ class GradientCodingGD(OwnLoop, FedAvg):
             "train_loss": float(np.mean([float(m["train_loss"]) for m in metrics])),
             "decoded_from": float(len(replies)), **self._round_metrics,
         })
-
-    def prepare(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int,
-                timeout: float | None, config: ConfigRecord) -> None:
-        self._config, self._lr = config, float(config["lr"])
-        self._services = services_for(grid, self.services)
-        self._grid, self._clock = grid, self._services.clock()
-        self._like = initial_arrays
 
     def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
         self._x = flatten(initial_arrays).copy()

@@ -54,12 +54,13 @@ from fedsim.core.codec import flatten, unflatten
 from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.loop import OwnLoop, StepOutcome
-from fedsim.core.services import GridServices, services_for
+from fedsim.core.services import GridServices
 from fedsim.core.stragglers import check_model, round_conforms
 from fedsim.core.task import Dataset, Task
 from strategies import BuildContext, StrategyInfo
 from strategies.gradient_coding import (
     GCScheme,
+    GradientMaster,
     data_assignment,
     decode_received,
     encode,
@@ -568,7 +569,7 @@ def train_sgc(message: Message, context: Context) -> Message:
                                                 "train_loss": float(np.mean(losses))})
 
 
-class SequentialGradientCodingGD(OwnLoop, FedAvg):
+class SequentialGradientCodingGD(GradientMaster, OwnLoop, FedAvg):
     """SR-SGC / M-SGC (Krishnan, Ebrahimi, Khisti, ICLR 2023) running delayed gradient descent.
 
     Round r: the master computes the scheme's ``tasks(r, delivered)``, pushes to each busy worker
@@ -647,10 +648,7 @@ class SequentialGradientCodingGD(OwnLoop, FedAvg):
             raise ValueError(f"rounds ({num_rounds}) must exceed the decoding delay T = "
                              f"{scheme.delay} of {self.kind}")
         self.scheme = replace(scheme, n_jobs=n_jobs)
-        self._config, self._lr = config, float(config["lr"])
-        self._services = services_for(grid, self.services)
-        self._grid, self._clock = grid, self._services.clock()
-        self._like = initial_arrays
+        super().prepare(grid, initial_arrays, num_rounds, timeout, config)
 
     def setup(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
         self._x = flatten(initial_arrays).copy()

@@ -61,8 +61,8 @@ def _losses(run: RunResult) -> np.ndarray:
     return np.array([r["loss"] for r in run.records])
 
 
-def _train(run: RunResult, key: str) -> list[float]:
-    return [r[f"train_{key}"] for r in run.records[1:]]
+def _recorded(run: RunResult, key: str) -> list[float]:
+    return [r[key] for r in run.records[1:]]
 
 
 @pytest.mark.parametrize("params", [{"s": 2}, {"s": 2, "scheme": "frc"}])
@@ -73,7 +73,7 @@ def test_gc_without_stragglers_takes_exactly_the_uncoded_gd_steps(params):
     np.testing.assert_allclose(flatten(coded.arrays), reference[-1], atol=1e-10, rtol=0)
     np.testing.assert_allclose(flatten(uncoded.arrays), reference[-1], atol=1e-10, rtol=0)
     np.testing.assert_allclose(_losses(coded), _losses(uncoded), atol=1e-10, rtol=0)
-    assert _train(uncoded, "decoded_from") == [6.0] * 10  # s = 0 waits for all
+    assert _recorded(uncoded, "decoded_from") == [6.0] * 10  # s = 0 waits for all
     # redundancy costs compute time: s+1 shards per worker
     assert coded.summary["virtual_time_s"] > uncoded.summary["virtual_time_s"]
 
@@ -93,10 +93,10 @@ def test_gc_under_stragglers_is_exact_gd_and_beats_waiting_for_all(capsys):
     for name in ("gc_crc", "gc_frc", "wait_for_all"):
         np.testing.assert_allclose(flatten(runs[name].arrays), reference[-1], atol=1e-10, rtol=0)
     gc = runs["gc_crc"]
-    assert sum(_train(gc, "ignored")) > 0  # it really decoded without some workers
+    assert sum(_recorded(gc, "ignored")) > 0  # it really decoded without some workers
     # replies still in flight at the decode are the grid's stragglers (through its services)
-    assert 0 < gc.summary["total_stragglers"] <= sum(_train(gc, "ignored"))
-    assert min(_train(gc, "decoded_from")) == 4  # n − s = 4 replies
+    assert 0 < gc.summary["total_stragglers"] <= sum(_recorded(gc, "ignored"))
+    assert min(_recorded(gc, "decoded_from")) == 4  # n − s = 4 replies
     times = {name: run.summary["virtual_time_s"] for name, run in runs.items()}
     assert times["gc_crc"] < times["wait_for_all"]
     assert times["gc_frc"] < times["wait_for_all"]
@@ -124,10 +124,10 @@ def test_sgc_decodes_every_job_by_its_deadline_and_equals_delayed_gd(strategy, B
     s = _scenario(strategy, {"B": B, "W": W, "lam": lam}, bursty, rounds=rounds, n=n)
     run = simulate(s)
     jobs = rounds - delay
-    assert [j for j in _train(run, "decoded_job") if j >= 0] == list(range(jobs))
-    assert _train(run, "decoded_job")[delay:] == list(range(jobs))  # each at round t + T
-    assert sum(_train(run, "waited_for_all")) == 0  # conforming pattern: never waits for all
-    assert sum(_train(run, "stragglers_cut")) > 0
+    assert [j for j in _recorded(run, "decoded_job") if j >= 0] == list(range(jobs))
+    assert _recorded(run, "decoded_job")[delay:] == list(range(jobs))  # each at round t + T
+    assert sum(_recorded(run, "waited_for_all")) == 0  # conforming pattern: never waits for all
+    assert sum(_recorded(run, "stragglers_cut")) > 0
     reference = _gd_reference(s, rounds, delay)
     np.testing.assert_allclose(flatten(run.arrays), reference[-1], atol=1e-10, rtol=0)
     # the device population's pattern, as the master saw it, conforms to the model
