@@ -35,8 +35,11 @@ CHECK_ERRORS: tuple[type[Exception], ...] = (ScenarioError, TopologyError, ckpt.
 """What a failed build-time check raises; each is one line naming the field."""
 
 
-def prepare_data(scenario: Scenario) -> tuple[Task, DevicePopulation]:
-    """The task with its shared data computed, and the device population."""
+def prepare_data(scenario: Scenario) -> tuple[Task | None, DevicePopulation]:
+    """The task with its shared data computed, and the device population (a Flower app
+    brings its own data: no task)."""
+    if scenario.app is not None:
+        return None, DevicePopulation(scenario.clients, scenario.seed)
     task = make_task(scenario)
     task.shared_data()
     devices = DevicePopulation(scenario.clients, scenario.seed,
@@ -68,11 +71,8 @@ def checkpointing(scenario: Scenario, resume: bool = False) -> bool:
     return resume or bool(scenario.checkpoint.every)
 
 
-def check_run(scenario: Scenario, resume: bool = False) -> tuple[Task, DevicePopulation]:
+def check_run(scenario: Scenario, resume: bool = False) -> None:
     """Every check `fedsim run` does before training, without starting anything.
-
-    Returns the prepared task and devices, which a run may reuse instead of preparing
-    them again.
 
     Leaves the global random state and Flower's log as they were, so a run that
     follows is the same as one that did not check first; libraries' deprecation
@@ -81,10 +81,15 @@ def check_run(scenario: Scenario, resume: bool = False) -> tuple[Task, DevicePop
     with _untouched_random_state(), _quiet_flower(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        task, devices = prepare_data(scenario)  # no grid: builders get no services
+        task, devices = prepare_data(scenario)
+        if task is None:  # a Flower app: its halves were imported and checked on loading
+            if resume:
+                raise ckpt.CheckpointError("--resume: a Flower app's run keeps no checkpoint "
+                                           "(its loop and state are the app's own)")
+            return
+        # no grid: builders get no services
         build_checked(scenario, BuildContext(scenario, scenario.clients.count, task, devices),
                       checkpointing(scenario, resume))
-    return task, devices
 
 
 @contextlib.contextmanager

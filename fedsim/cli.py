@@ -99,7 +99,16 @@ def load_or_fail(path: Path, overrides: list[str] | None) -> Scenario:
         fail(str(exc))
 
 
-def progress_bar(progress: Progress, total: int) -> Any:
+def expected_rounds(scenario: Scenario) -> int | None:
+    """Rounds the run will have, for progress: the scenario's, or what a Flower app's run
+    config says by the template's key `num-server-rounds` (None: unknown)."""
+    if scenario.app is None:
+        return scenario.rounds
+    rounds = scenario.app.run_config.get("num-server-rounds")
+    return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None
+
+
+def progress_bar(progress: Progress, total: int | None) -> Any:
     """A callback that shows rounds done, test accuracy and virtual time while a run goes."""
     from fedsim.results import Callback
 
@@ -158,7 +167,7 @@ def run(
         has_run_outputs,
         run_dir_lock,
     )
-    from fedsim.runner import ClientsFailed, Diverged, RunStalled, simulate
+    from fedsim.runner import AppFailed, ClientsFailed, Diverged, RunStalled, simulate
     from topologies import TopologyError
 
     if resume is not None:
@@ -199,7 +208,7 @@ def run(
     signal.signal(signal.SIGTERM, _stop)  # SIGTERM ends a run as Ctrl-C does
     try:
         with progress:
-            bar = progress_bar(progress, scenario.rounds)
+            bar = progress_bar(progress, expected_rounds(scenario))
             result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir),
                               run_dir=run_dir, resume=resume is not None)
     except (KeyboardInterrupt, Stopped) as exc:
@@ -211,7 +220,7 @@ def run(
         fail(str(exc))
     except Diverged as exc:
         fail(f"{exc}; metrics up to the last finite round are in {run_dir}", code=1)
-    except ClientsFailed as exc:  # client code raised on every job: a bug, not bad input
+    except (ClientsFailed, AppFailed) as exc:  # a bug in the clients or app, not bad input
         fail(f"{exc}; run directory: {run_dir}", code=1)
     finally:
         held.close()
@@ -267,8 +276,9 @@ def validate(
                 check_run(scenario)
             except CHECK_ERRORS as exc:
                 raise ScenarioError(f"{path}: {exc}") from None
-            say(f"ok  {path}: {scenario.name} ({scenario.strategy.name}, "
-                f"{scenario.clients.count} clients, {scenario.rounds} rounds)")
+            rounds = f", {scenario.rounds} rounds" if scenario.rounds else ""
+            say(f"ok  {path}: {scenario.name} ({scenario.algorithm}, "
+                f"{scenario.clients.count} clients{rounds})")
         except ScenarioError as exc:
             error_line(str(exc))
             bad += 1

@@ -19,13 +19,12 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid
 
-import fedsim
 from fedsim.core.schema import Scenario
 from fedsim.scenario import load_scenario
 
 log = logging.getLogger("flwr")
 
-APP_ROOT = Path(fedsim.__file__).resolve().parent.parent
+APP_ROOT = Path(__file__).resolve().parent.parent
 """The directory holding `scenarios/`: the repository, or the unpacked Flower app (FAB)."""
 
 

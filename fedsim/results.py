@@ -161,11 +161,25 @@ class RunWriter(Callback):
         write_atomic(self.run_dir / "error.txt", f"incomplete: the run failed: {error}\n")
 
 
+def plotted_metric(records: list[dict[str, Any]]) -> str | None:
+    """The metric a run's plot shows: test accuracy, else loss (tasks without accuracy);
+    for a Flower app's own names, the first recorded metric that says accuracy, then loss."""
+    names = list(dict.fromkeys(k for r in records for k in r))
+    for wanted in ("accuracy", "loss"):
+        if wanted in names:
+            return wanted
+    for hint in ("acc", "loss"):
+        for name in names:
+            if hint in name.lower():
+                return name
+    return None
+
+
 def plot_run(records: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Accuracy (or loss, for tasks without accuracy) against round and virtual time."""
-    key = "accuracy" if any("accuracy" in r for r in records) else "loss"
-    rows = [r for r in records if key in r]
-    if not rows:
+    """The run's accuracy (or loss) against round and virtual time (`plotted_metric`)."""
+    key = plotted_metric(records)
+    rows = [r for r in records if key is not None and key in r]
+    if key is None or not rows:
         return None
     import matplotlib
 
@@ -181,7 +195,7 @@ def plot_run(records: list[dict[str, Any]], path: Path, title: str = "") -> Path
         axes[0][1].plot([r["virtual_time_s"] for r in rows], [r[key] for r in rows], marker=".")
         axes[0][1].set_xlabel("virtual time (s)")
     for ax in axes[0]:
-        ax.set_ylabel(f"test {key}")
+        ax.set_ylabel(f"test {key}" if key in ("accuracy", "loss") else key)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

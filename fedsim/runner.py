@@ -4,17 +4,20 @@
 `execute` is what simulation and deployment share: it builds the strategy,
 calls its `start()` on whatever grid it is given, and turns every round into
 a metrics record for the callbacks (results writer, progress bar...).
+`run_app` runs a Flower app nobody wrote for fedsim (the scenario's `app`) on the
+simulated world instead, and records its rounds the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
 
 from fedsim import checkpoint as ckpt
 from fedsim.checks import build_checked, prepare_data
 from fedsim.core.codec import arrays_to_model, flatten
+from fedsim.core.imports import installed_object
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.schema import Scenario, scenario_to_dict
 from fedsim.core.seeding import int_seed
@@ -60,6 +65,10 @@ class ClientsFailed(RuntimeError):
     and going on would only repeat it (a bug, not a lossy world)."""
 
 
+class AppFailed(RuntimeError):
+    """A Flower app's ServerApp raised in its own code (the traceback is in the run's log)."""
+
+
 log = logging.getLogger("fedsim.run")
 
 
@@ -83,12 +92,15 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
 
     With `run_dir`, a checkpoint is written there every `checkpoint.every` rounds;
     with `resume`, the run continues from the checkpoint in `run_dir`.
-    `client_app` ("module:attribute") replaces the project's ClientApp (fault tests).
+    `client_app` ("module:attribute") replaces the project's ClientApp (fault tests);
+    a scenario with an `app` runs that app's two halves instead (`run_app`).
     """
     torch.set_num_threads(1)  # the same float results whatever the backend
     checkpoint = ckpt.load(run_dir) if resume and run_dir is not None else None
-    backend = scenario.backend
-    spec = WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
+    backend, app = scenario.backend, scenario.app
+    spec = (WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
+            if app is None else
+            WorkerSpec(app.client, RUN_ID, scenario.clients.count, dict(app.run_config)))
     workers = min(backend.num_actors, scenario.clients.count) if backend.num_actors else None
     checkpointer = (ckpt.Checkpointer(run_dir, scenario.checkpoint.every)
                     if run_dir is not None and scenario.checkpoint.every else None)
@@ -99,9 +111,13 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
         pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
     try:
         task, devices = prepared.result()
-        pool.share_task_data(task.shared_data())  # workers do not load or partition data
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
-                       Run.create_empty(RUN_ID))
+                       Run.create_empty(RUN_ID), deadline_s=scenario.deadline_s,
+                       **_work_rule(scenario))
+        if task is None:  # a Flower app: its ClientApp loads its own data
+            with _waiting_in_virtual_time(grid), flower_log_to(log_file):
+                return run_app(scenario, grid, callbacks)
+        pool.share_task_data(task.shared_data())  # workers do not load or partition data
         with _waiting_in_virtual_time(grid), flower_log_to(log_file):
             return execute(scenario, grid, task, SimServices(grid), callbacks,
                            timeout=scenario.deadline_s, devices=devices,
@@ -145,18 +161,104 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
     else:  # Flower's loop counts rounds from 1: a resumed run goes on at offset + 1
         offset = resume_from.round if resume_from is not None else 0
         num_rounds = scenario.rounds - offset
-        loop = _FlowerLoop(strategy, recorder, offset, scenario)
+        loop = _FlowerLoop(strategy, recorder, offset, scenario.evaluation.federated_every,
+                           last_round=scenario.rounds or 0)
         driven, evaluate_fn = loop, loop.end_of_round
-    try:
+    with _reported_to(callbacks):
         final = _drive(driven, grid, arrays, num_rounds, timeout, evaluate_fn, scenario)
-    except Exception as exc:  # the run directory says it is incomplete, and why
+    return _finished(RunResult(scenario, recorder.records, final, recorder.summary()), callbacks)
+
+
+def run_app(scenario: Scenario, grid: SimGrid, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Run the scenario's Flower app: its ServerApp's main on `grid`, with the app's run config.
+
+    What the app does not tell the simulator comes from the grid and from Flower's loop:
+    every `Strategy.start` the app calls is observed (`_observing_flower_loops`), so each
+    round is recorded and ends on the grid (availability moves on) as in a scenario's own
+    run; the grid caps every wait at `deadline_s`. Python's, NumPy's and torch's global
+    generators are seeded from the scenario first: the app's initial model and Flower's
+    node sampling are the same on every run of the scenario.
+    """
+    app = scenario.app
+    if app is None:
+        raise ValueError("run_app needs a scenario with an app")
+    server_app: ServerApp = installed_object(app.server, "app.server")
+    random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
+    np.random.seed(int_seed(scenario.seed, "server-app") % 2**32)
+    torch.manual_seed(int_seed(scenario.seed, "server-app"))
+    for callback in callbacks:
+        callback.on_run_start(scenario)
+    recorder = _RoundRecorder(scenario, grid, None, None, callbacks)
+    context = Context(run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={},
+                      state=RecordDict(), run_config=dict(app.run_config))
+    with _reported_to(callbacks), _observing_flower_loops(recorder):
+        try:
+            server_app(grid, context)
+        except (RunStalled, ClientsFailed, Diverged):  # the simulator's own verdicts
+            raise
+        except Exception as exc:
+            log.exception("the ServerApp %s raised", app.server)
+            raise AppFailed(f"the app's ServerApp ({app.server}) raised "
+                            f"{type(exc).__name__}: {exc} (traceback in the run's "
+                            "flower.log)") from exc
+    return _finished(RunResult(scenario, recorder.records, recorder.arrays, recorder.summary()),
+                     callbacks)
+
+
+@contextlib.contextmanager
+def _reported_to(callbacks: Sequence[Callback]) -> Iterator[None]:
+    """A run that fails tells the callbacks why: its directory says it is incomplete."""
+    try:
+        yield
+    except Exception as exc:
         for callback in callbacks:
             callback.on_run_failed(f"{type(exc).__name__}: {exc}")
         raise
-    run = RunResult(scenario, recorder.records, final, recorder.summary())
+
+
+def _finished(run: RunResult, callbacks: Sequence[Callback]) -> RunResult:
     for callback in callbacks:
         callback.on_run_end(run.summary, run.arrays)
     return run
+
+
+def _work_rule(scenario: Scenario) -> dict[str, Any]:
+    """How SimGrid reads a job's work from a foreign app's replies (`app.work`)."""
+    if scenario.app is None:
+        return {}
+    work = scenario.app.work
+    epochs = scenario.app.run_config[work.epochs_key] if work.epochs_key else 1
+    return {"work_metric": work.metric or WORK_KEY, "train_epochs": float(epochs)}
+
+
+@contextlib.contextmanager
+def _observing_flower_loops(recorder: _RoundRecorder) -> Iterator[None]:
+    """While a foreign app runs, run Flower's loop (`Strategy.start`) on a `_FlowerLoop`.
+
+    A foreign app builds and starts its strategy itself; Flower's loop is the one place
+    where the strategy's aggregated metrics and the end of each round can be seen. For the
+    length of the run, in this process only, that loop runs on a `_FlowerLoop` around the
+    app's strategy, exactly as it does for a scenario's own strategy: every call still
+    reaches the app's strategy and its `evaluate_fn`, and the app gets the `Result` Flower
+    would give it. A second `start` goes on counting rounds where the first stopped.
+    """
+    flower_start = Strategy.start
+    signature = inspect.signature(flower_start)
+
+    def observed_start(*args: Any, **kwargs: Any) -> Any:
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        loop = _FlowerLoop(call.arguments["self"], recorder, offset=recorder.last_round,
+                           federated_every=1, last_round=0,
+                           evaluate_fn=call.arguments["evaluate_fn"])
+        call.arguments.update(self=loop, evaluate_fn=loop.end_of_round)
+        return flower_start(*call.args, **call.kwargs)
+
+    Strategy.start = observed_start  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Strategy.start = flower_start  # type: ignore[method-assign]
 
 
 def _drive(strategy: Strategy, grid: Grid, arrays: ArrayRecord, num_rounds: int,
@@ -192,15 +294,19 @@ class _FlowerLoop(Strategy):
 
     Every call goes to the strategy unchanged, except that rounds are shifted by
     `offset` (a resumed run goes on at offset + 1), federated evaluation is asked for
-    only on the rounds `evaluation.federated_every` picks, and the aggregated metrics
+    only every `federated_every` rounds and in `last_round`, and the aggregated metrics
     are handed to the recorder. Works for any Flower strategy, built-in or ours.
+    A foreign app's own `evaluate_fn` runs first at the end of each round; what it
+    returns is recorded and goes back to Flower's loop.
     """
 
     def __init__(self, strategy: Strategy, recorder: _RoundRecorder, offset: int,
-                 scenario: Scenario) -> None:
+                 federated_every: int, last_round: int,
+                 evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+                 ) -> None:
         self.strategy, self.recorder, self.offset = strategy, recorder, offset
-        self.federated_every = scenario.evaluation.federated_every
-        self.last_round = scenario.rounds
+        self.federated_every, self.last_round = federated_every, last_round
+        self.evaluate_fn = evaluate_fn
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -231,9 +337,12 @@ class _FlowerLoop(Strategy):
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's `evaluate_fn`; a resumed run recorded its round `offset` before it stopped."""
+        own = self.evaluate_fn(server_round, arrays) if self.evaluate_fn else None
         if server_round == 0 and self.offset:
-            return None
-        return self.recorder.end_of_round(server_round + self.offset, arrays)
+            return own
+        self.recorder.evaluated_on_server(own)
+        evaluated = self.recorder.end_of_round(server_round + self.offset, arrays)
+        return own if self.evaluate_fn else evaluated
 
 
 class _ErrorLog:
@@ -267,18 +376,22 @@ class _RoundRecorder:
     availability on (`SimGrid.end_round`) and the checkpoint is taken.
     """
 
-    def __init__(self, scenario: Scenario, grid: Grid, task: Task, strategy: Strategy,
-                 callbacks: Sequence[Callback], checkpointer: ckpt.Checkpointer | None = None
-                 ) -> None:
+    def __init__(self, scenario: Scenario, grid: Grid, task: Task | None,
+                 strategy: Strategy | None, callbacks: Sequence[Callback],
+                 checkpointer: ckpt.Checkpointer | None = None) -> None:
+        """`task` None: a Flower app, which evaluates on its own (`evaluated_on_server`)."""
         self.scenario, self.grid, self.task, self.callbacks = scenario, grid, task, callbacks
         self.strategy, self.checkpointer = strategy, checkpointer
         self.records: list[dict[str, Any]] = []
+        self.arrays: ArrayRecord | None = None  # the global model at the last round's end
         self._train: dict[str, float] = {}
         self._federated: dict[str, float] = {}
+        self._on_server: dict[str, float] = {}
         self._started = time.perf_counter()
         self.first_client_error = ""
-        self._model = task.make_model()
-        self._test = task.test_data(None)
+        if task is not None:
+            self._model = task.make_model()
+            self._test = task.test_data(None)
 
     def trained(self, server_round: int, metrics: MetricRecord | None) -> None:
         """The round's aggregated train metrics (called before its `end_of_round`)."""
@@ -288,7 +401,16 @@ class _RoundRecorder:
         """The round's aggregated federated-evaluation metrics."""
         self._federated = _floats(metrics)
 
+    def evaluated_on_server(self, metrics: MetricRecord | None) -> None:
+        """What a foreign app's own `evaluate_fn` returned for the round."""
+        self._on_server = _floats(metrics)
+
+    @property
+    def last_round(self) -> int:
+        return int(self.records[-1]["round"]) if self.records else 0
+
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        self.arrays = arrays
         record: dict[str, Any] = {"round": server_round}
         if isinstance(self.grid, SimGrid):
             record["virtual_time_s"] = float(self.grid.now)
@@ -304,12 +426,14 @@ class _RoundRecorder:
         record["wall_time_s"] = round(time.perf_counter() - self._started, 4)
         every = self.scenario.evaluation.centralized_every
         evaluated: dict[str, float] = {}
-        if every and (server_round % every == 0 or server_round == self.scenario.rounds):
+        if self.task is not None and every and (server_round % every == 0
+                                                or server_round == self.scenario.rounds):
             evaluated = self.task.evaluate(arrays_to_model(self._model, arrays), self._test)
             record.update(evaluated)
+        record.update(_named_for_the_record(self._on_server, taken=record))
         record.update(_named_for_the_record(self._train, taken=record))
         record.update({f"federated_{k}": v for k, v in self._federated.items()})
-        self._train, self._federated = {}, {}
+        self._train, self._federated, self._on_server = {}, {}, {}
         self._check_finite(server_round, arrays, record)
         self.records.append(record)
         for callback in self.callbacks:
@@ -338,13 +462,13 @@ class _RoundRecorder:
         if what:
             last = self.records[-1]["round"] if self.records else "none"
             raise Diverged(f"round {server_round}: {what}; strategy "
-                           f"{self.scenario.strategy.name!r} diverged (last finite round: {last})")
+                           f"{self.scenario.algorithm!r} diverged (last finite round: {last})")
 
     def summary(self) -> dict[str, Any]:
         last = self.records[-1] if self.records else {}
         accuracies = [r["accuracy"] for r in self.records if "accuracy" in r]
         out: dict[str, Any] = {
-            "name": self.scenario.name, "strategy": self.scenario.strategy.name,
+            "name": self.scenario.name, "strategy": self.scenario.algorithm,
             "seed": self.scenario.seed, "rounds": last.get("round", 0),
             "wall_time_s": last.get("wall_time_s"),
         }
@@ -424,8 +548,9 @@ def _waiting_in_virtual_time(grid: SimGrid) -> Iterator[None]:
         if waited > MAX_IDLE_ROUNDS:
             raise RunStalled(
                 f"the strategy waited {MAX_IDLE_ROUNDS} availability rounds for more online "
-                "nodes than ever come online; lower strategy.params.min_available_nodes / "
-                "min_train_nodes / min_evaluate_nodes, or make more devices available")
+                "nodes than ever come online; lower the strategy's min_available_nodes / "
+                "min_train_nodes / min_evaluate_nodes (strategy.params, or in the app's "
+                "ServerApp), or make more devices available")
         grid.idle(seconds)
 
     saved = strategy_utils.sleep

@@ -11,9 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 from pydantic import ValidationError
 
 from fedsim.core.errors import ScenarioError
+from fedsim.core.imports import installed_object
 from fedsim.core.schema import Scenario, describe_error
 from fedsim.engine.tasks import make_task, validate_task_spec
 from fedsim.files import apply_overrides, read_yaml
@@ -39,7 +42,9 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(f"{source}: {describe_error(exc, Scenario)}") from None
-    for check in (validate_task_spec, validate_strategy_spec, _finite):
+    checks = (validate_task_spec, validate_strategy_spec) if scenario.app is None else (
+        validate_app_spec,)
+    for check in (*checks, _finite):
         try:
             check(scenario)
         except ScenarioError as exc:
@@ -47,14 +52,38 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
     return scenario
 
 
+def validate_app_spec(scenario: Scenario) -> None:
+    """The app's two halves exist in installed packages and are what they claim to be."""
+    app = scenario.app
+    if app is None:
+        return
+    for field, ref, kind in (("app.server", app.server, ServerApp),
+                             ("app.client", app.client, ClientApp)):
+        found = installed_object(ref, field)
+        if not isinstance(found, kind):
+            raise ScenarioError(f"{field}: {ref!r} is a {type(found).__name__}, not a flwr "
+                                f"{kind.__name__}")
+    key = app.work.epochs_key
+    if key is not None and not isinstance(app.run_config.get(key), int | float):
+        raise ScenarioError(f"app.work.epochs_key: app.run_config has no number {key!r} "
+                            f"(keys: {', '.join(app.run_config) or 'none'})")
+    for i, tier in enumerate(scenario.clients.devices):
+        if getattr(tier.availability, "label_correlation", None) is not None:
+            raise ScenarioError(
+                f"clients.devices.{i}.availability.label_correlation: needs the labels of a "
+                "fedsim task; an app's data is its own (use p or p_per_device)")
+
+
 def _finite(scenario: Scenario) -> None:
     """No NaN or Inf in any setting, as validated (a quoted "inf" is a float by then):
     never a setting anyone means, and not JSON. An unbounded setting is left out or null."""
-    params = strategy_info(scenario.strategy.name).Params.model_validate(
-        scenario.strategy.params)
-    for prefix, values in (("", scenario.model_dump()),
-                           ("strategy.params.", params.model_dump()),
-                           ("task.params.", make_task(scenario).params.model_dump())):
+    sections = [("", scenario.model_dump())]
+    if scenario.app is None:
+        params = strategy_info(scenario.strategy.name).Params.model_validate(
+            scenario.strategy.params)
+        sections += [("strategy.params.", params.model_dump()),
+                     ("task.params.", make_task(scenario).params.model_dump())]
+    for prefix, values in sections:
         if (where := _non_finite(values)) is not None:
             raise ScenarioError(f"{prefix}{where}: must be a finite number (got NaN or Inf); "
                                 "leave it out or null where it may be unbounded")

@@ -15,7 +15,16 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from topologies import TopologySpec
 
@@ -302,10 +311,47 @@ class DeploySpec(Spec):
         "round (null: wait for every node); `deadline_s` is virtual time and is not used here")
 
 
+class AppWorkSpec(Spec):
+    """How much a job of a foreign app computed, in samples: its virtual compute time is that
+    divided by the device's speed. The app's replies carry `num-examples` (Flower's
+    strategies weigh by it) but not how often each example was seen."""
+
+    metric: str | None = Field(
+        default=None, description="a reply metric that holds the samples a job processed")
+    epochs_key: str | None = Field(
+        default=None, description="the app.run_config key of the local epochs: a train job's "
+        "work is num-examples x that value (default: one epoch)")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> AppWorkSpec:
+        if self.metric is not None and self.epochs_key is not None:
+            raise ValueError("give metric or epochs_key, not both")
+        return self
+
+
+class AppSpec(Spec):
+    """A Flower app nobody wrote for fedsim: its ServerApp runs on the simulated grid, its
+    ClientApp on the simulated devices (`node_config` partition-id/num-partitions, as on a
+    SuperNode). Both come from installed packages only (`fedsim.core.imports`)."""
+
+    server: str = Field(description="'package.module:attribute' of a flwr ServerApp")
+    client: str = Field(description="'package.module:attribute' of a flwr ClientApp")
+    run_config: dict[str, int | float | str | bool] = Field(
+        default_factory=dict, description="the app's run config (what `flwr run -c` sets)")
+    work: AppWorkSpec = AppWorkSpec()
+
+
+APP_DECIDES = ("task", "training", "strategy", "topology", "evaluation", "checkpoint", "deploy")
+"""Sections a scenario with an `app` leaves out: the app's own code decides them."""
+
+
 class Scenario(Spec):
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'")
     seed: int = Field(default=0, ge=0, lt=2**63)
-    rounds: int = Field(ge=1, le=MAX_ROUNDS)
+    app: AppSpec | None = Field(default=None, description="run this Flower app instead of a "
+                                "task and strategy")
+    rounds: int | None = Field(default=None, ge=1, le=MAX_ROUNDS, validate_default=True,
+                               description="required unless `app` is given (the app decides)")
     deadline_s: float | None = Field(default=None, gt=0, description="virtual seconds per round")
     task: TaskSpec = TaskSpec()
     training: TrainingSpec = TrainingSpec()
@@ -318,6 +364,30 @@ class Scenario(Spec):
     topology: TopologySpec | None = Field(default=None, description="for decentralized strategies")
     checkpoint: CheckpointSpec = CheckpointSpec()
     deploy: DeploySpec = DeploySpec()
+
+    @property
+    def algorithm(self) -> str:
+        """What runs: the strategy's name, or the app's ServerApp reference."""
+        return self.strategy.name if self.app is None else self.app.server
+
+    @field_validator("rounds")
+    @classmethod
+    def _rounds_unless_app(cls, rounds: int | None, info: ValidationInfo) -> int | None:
+        if rounds is None and "app" in info.data and info.data["app"] is None:
+            raise PydanticCustomError("missing", "Field required")
+        return rounds
+
+    @model_validator(mode="after")
+    def _app_decides(self) -> Scenario:
+        if self.app is None:
+            return self
+        given = [key for key in ("rounds", *APP_DECIDES) if key in self.model_fields_set]
+        if given:
+            raise PydanticCustomError(
+                "app_decides", "the app's own code decides this (its rounds and "
+                "hyperparameters go in app.run_config); remove {field}, or remove app",
+                {"field": given[0]})
+        return self
 
 
 def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
@@ -372,7 +442,8 @@ def describe_error(exc: ValidationError, model: type[BaseModel], prefix: str = "
     """One line for a pydantic error: field path, what is wrong, what is allowed."""
     errors = exc.errors()
     err = errors[0]
-    loc = tuple(err["loc"])
+    # a check of a whole model names the field it is about in its context
+    loc = tuple(err["loc"]) or tuple(filter(None, [err.get("ctx", {}).get("field")]))
     path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "(top level)"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])

@@ -10,8 +10,9 @@ has reached the reply's arrival time. Compute time is the work the client
 reports (`WORK_KEY`, in samples, else `num-examples`) divided by the device's
 speed and multiplied by its straggling slowdown, never measured wall time,
 so virtual time is deterministic. `send_and_receive(timeout=T)` treats T as a
-deadline in virtual seconds: later replies are dropped and counted as
-stragglers. Nothing here sleeps or polls.
+deadline in virtual seconds, capped by the scenario's `deadline_s` whatever
+the strategy passes: later replies are dropped and counted as stragglers.
+Nothing here sleeps or polls.
 
 A message lost on a link, or a device that drops out, comes back as a Flower
 error reply at the moment the server would learn of it, so strategies count
@@ -102,11 +103,16 @@ class SimGrid(Grid):
     """A Flower Grid over simulated devices and links, in virtual time."""
 
     def __init__(self, pool: Pool, devices: DevicePopulation, channel: ChannelSpec,
-                 seed: int, run: Run) -> None:
+                 seed: int, run: Run, deadline_s: float | None = None,
+                 work_metric: str = WORK_KEY, train_epochs: float = 1.0) -> None:
+        """`work_metric` is the reply metric holding a job's samples of work; a reply
+        without it did `num-examples` x `train_epochs` (training) or x `EVAL_COST`."""
         self.pool = pool
         self.devices = devices
         self.channel = channel
         self.seed = seed
+        self.deadline_s = deadline_s
+        self._work = (work_metric, train_epochs)
         self._run = run
         self.node_ids = random_node_ids(seed, devices.n)  # node i holds partition i
         self._partition_of = {int(node): i for i, node in enumerate(self.node_ids)}
@@ -204,7 +210,7 @@ class SimGrid(Grid):
             self._hold(dispatch, dispatch.start,
                        error_reply(message, result.error_code, result.error_reason))
             return
-        work = _reported_work(result.content, message.metadata.message_type)
+        work = _reported_work(result.content, message.metadata.message_type, *self._work)
         nbytes = payload_nbytes(result.content)
         timing = self.devices.job_time(node, self.channel, work=work, bytes_up=nbytes,
                                        slowdown=self.devices.slowdown(*key))
@@ -248,12 +254,14 @@ class SimGrid(Grid):
 
         Replies come back in the order the messages were given, so that a
         strategy's floating-point aggregation does not depend on timing.
-        Replies later than the deadline are discarded and counted as stragglers.
+        Replies later than the deadline (`timeout` or the scenario's `deadline_s`,
+        the sooner) are discarded and counted as stragglers.
         """
         ids = self.push_messages(messages)
         if not ids:
             return []
-        deadline = math.inf if timeout is None else self.now + timeout
+        limits = [t for t in (timeout, self.deadline_s) if t is not None]
+        deadline = self.now + min(limits) if limits else math.inf
         arrivals = [self._in_flight[mid].arrival for mid in ids]
         on_time = [a for a in arrivals if a <= deadline]
         self.now = max(self.now, deadline if len(on_time) < len(arrivals) else max(arrivals))
@@ -342,14 +350,15 @@ class _Dispatch:
     downlink_sigma: float
 
 
-def _reported_work(content: RecordDict, message_type: str) -> float:
-    """Samples of work the client reports; evaluation costs `EVAL_COST` per sample."""
+def _reported_work(content: RecordDict, message_type: str, metric: str, epochs: float) -> float:
+    """Samples of work the client reports in `metric`, else `num-examples` x `epochs`;
+    evaluation costs `EVAL_COST` per sample."""
     for record in content.metric_records.values():
-        if WORK_KEY in record:
-            return float(record[WORK_KEY])
+        if metric in record:
+            return float(record[metric])
     for record in content.metric_records.values():
         if "num-examples" in record:
-            scale = EVAL_COST if message_type.startswith("evaluate") else 1.0
+            scale = EVAL_COST if message_type.startswith("evaluate") else epochs
             return float(record["num-examples"]) * scale
     return 0.0
 

@@ -1,0 +1,1 @@
+"""fedsim-example-app: A Flower / PyTorch app."""
