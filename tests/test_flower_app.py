@@ -9,6 +9,7 @@ own simulation of the same app.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import random
 import subprocess
@@ -63,7 +64,7 @@ def test_the_example_app_on_coming_and_going_straggling_phones(tmp_path, monkeyp
     # (a straggling slow phone needs ~7 s), in each of the round's two exchanges
     assert sum(r["stragglers"] for r in rounds) > 0
     times = [r["virtual_time_s"] for r in result.records]
-    assert all(b - a <= 2 * 2.0 + 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a <= 2 * 2.0 + 1e-9 for a, b in itertools.pairwise(times))
     # what the app's strategy aggregates is recorded under its own names
     assert all({"train_loss", "federated_eval_acc", "federated_eval_loss", "bytes_up",
                 "bytes_down", "failures"} <= r.keys() for r in rounds)
@@ -149,6 +150,8 @@ def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch
     """Full participation, no noise: SimGrid sums replies in the order the strategy sent
     them, Flower's simulation in the order they arrived. Two replies sum the same either way
     (bit for bit); ten agree to float32 rounding."""
+    from fedsim_example_app.client_app import app as client_app
+    from fedsim_example_app.server_app import app as server_app
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.serverapp.strategy import Strategy
@@ -157,8 +160,6 @@ def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch
     from flwr.supercore.run import Run
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
-    from fedsim_example_app.client_app import app as client_app
-    from fedsim_example_app.server_app import app as server_app
 
     config = {"num-server-rounds": 2, "fraction-train": 1.0, "local-epochs": 1, "lr": 0.1}
     ours = fedsim.simulate(
