@@ -356,6 +356,29 @@ def _unwrap(tp: Any, tag: int | str | None) -> Any:
     return tp
 
 
+def _is_tag(node: Any, part: int | str) -> bool:
+    """Whether `part` is the discriminator tag pydantic puts in the location of a tagged
+    union's error (`bernoulli` in `availability.bernoulli.p`): not a key the user wrote."""
+    while typing.get_origin(node) is Annotated:
+        node = typing.get_args(node)[0]
+    if typing.get_origin(node) not in (typing.Union, types.UnionType):
+        return False
+    member = _unwrap(node, part)
+    return (isinstance(member, type) and issubclass(member, BaseModel)
+            and part not in member.model_fields)
+
+
+def _user_path(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The dotted path of `loc` as it is written in a scenario (and in `--set`)."""
+    node: Any = model
+    parts = []
+    for part in loc:
+        if node is None or not _is_tag(node, part):
+            parts.append(str(part))
+        node = None if node is None else _descend(node, part)
+    return ".".join(parts)
+
+
 def _descend(node: Any, part: int | str) -> Any:
     node = _unwrap(node, part)
     if isinstance(node, type) and issubclass(node, BaseModel):
@@ -373,7 +396,7 @@ def describe_error(exc: ValidationError, model: type[BaseModel], prefix: str = "
     errors = exc.errors()
     err = errors[0]
     loc = tuple(err["loc"])
-    path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "(top level)"
+    path = prefix + _user_path(model, loc) if loc else prefix.rstrip(".") or "(top level)"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
