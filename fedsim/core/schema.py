@@ -268,6 +268,16 @@ class StrategySpec(Spec):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ClientModsSpec(Spec):
+    """Flower mods (`package.module:function`, from installed packages) around the ClientApp's
+    handlers, outermost first: `train` wraps every train message (whichever strategy action
+    handles it), `evaluate` every evaluate message. Client-side DP needs its clipping mod here,
+    e.g. `train: [flwr.clientapp.mod:fixedclipping_mod]`."""
+
+    train: tuple[str, ...] = ()
+    evaluate: tuple[str, ...] = ()
+
+
 class BackendSpec(Spec):
     kind: Literal["ray", "inline"] = "ray"
     num_actors: int | None = Field(default=None, ge=1, le=100_000,
@@ -312,6 +322,7 @@ class Scenario(Spec):
     clients: ClientsSpec
     channel: ChannelSpec = ChannelSpec()
     strategy: StrategySpec = StrategySpec()
+    client_mods: ClientModsSpec = ClientModsSpec()
     backend: BackendSpec = BackendSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
