@@ -7,17 +7,20 @@ parameters, so a typo costs seconds, not a run.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from pathlib import Path
 from typing import Any
 
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import ServerApp
 from pydantic import ValidationError
 
 from fedsim.core.errors import ScenarioError
 from fedsim.core.imports import installed_object
-from fedsim.core.schema import Scenario, describe_error
+from fedsim.core.schema import ClientModsSpec, Scenario, describe_error
 from fedsim.engine.tasks import make_task, validate_task_spec
 from fedsim.files import apply_overrides, read_yaml
 from strategies import strategy_info, validate_strategy_spec
@@ -42,9 +45,9 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(f"{source}: {describe_error(exc, Scenario)}") from None
-    checks = (validate_task_spec, validate_strategy_spec) if scenario.app is None else (
-        validate_app_spec,)
-    for check in (*checks, _finite):
+    checks = ((validate_task_spec, validate_strategy_spec, _finite, _mods_exist)
+              if scenario.app is None else (validate_app_spec, _finite))
+    for check in checks:
         try:
             check(scenario)
         except ScenarioError as exc:
@@ -87,6 +90,32 @@ def _finite(scenario: Scenario) -> None:
         if (where := _non_finite(values)) is not None:
             raise ScenarioError(f"{prefix}{where}: must be a finite number (got NaN or Inf); "
                                 "leave it out or null where it may be unbounded")
+
+
+@functools.lru_cache(maxsize=8)
+def client_mods(spec: ClientModsSpec) -> dict[str, tuple[Mod, ...]]:
+    """The mods `client_mods` names, by message category, imported from installed packages
+    only; a reference that is not a Flower mod is a `ScenarioError` naming it."""
+    mods: dict[str, tuple[Mod, ...]] = {}
+    for category in ClientModsSpec.model_fields:
+        refs = getattr(spec, category)
+        mods[category] = tuple(_mod(ref, f"client_mods.{category}.{i}")
+                               for i, ref in enumerate(refs))
+    return mods
+
+
+def _mod(ref: str, field: str) -> Mod:
+    mod = installed_object(ref, field)
+    try:
+        inspect.signature(mod).bind(None, None, None)
+    except (TypeError, ValueError):  # not callable, or not with (message, context, call_next)
+        raise ScenarioError(f"{field}: {ref!r} is not a Flower mod, a function "
+                            "(message, context, call_next) -> Message") from None
+    return mod
+
+
+def _mods_exist(scenario: Scenario) -> None:
+    client_mods(scenario.client_mods)
 
 
 def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scenario:

@@ -31,7 +31,7 @@ MALFORMED = [
     (["training.lr=0"], "training.lr"),
     (["backend.kind=gpu"], "backend.kind"),
     (["clients.devices.1.availability={kind: bernoulli, p: 2}"],
-     "clients.devices.1.availability.bernoulli.p"),
+     "clients.devices.1.availability.p"),
 ]
 
 

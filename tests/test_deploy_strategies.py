@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from fedsim.engine.tasks import make_task
 from fedsim.runner import simulate
 from fedsim.scenario import parse_scenario
 from tests.harness import Federation
@@ -139,3 +140,22 @@ def test_the_shipped_quickstart_trains_when_deployed(deployment, tmp_path):
         f"{(run.stdout + run.stderr)[-3000:]}\n{deployment.log_tails()}")
     accuracies = [r["accuracy"] for r in _records(out)]
     assert len(accuracies) == 3 and accuracies[-1] > accuracies[0], accuracies
+
+
+@pytest.mark.slow
+def test_client_side_dp_clips_on_the_devices_with_the_scenarios_mod(deployment, tmp_path):
+    """dp_client_fixed_clipping with `client_mods.train: [fixedclipping_mod]`: the SuperNodes'
+    ClientApps read the mod from the scenario file and clip every update there. Without
+    noise the global model moves by the mean of the clipped updates, at most the clipping
+    norm, where one unclipped step towards the centres moves it by ~0.1 per coordinate."""
+    data = _scenario("dp_client", QUADRATIC, {"name": "dp_client_fixed_clipping", "params": {
+        "noise_multiplier": 0.0, "clipping_norm": 0.01,
+        "strategy": {"name": "fedavg", "params": EVERY_NODE}}},
+        {"client_mods": {"train": ["flwr.clientapp.mod:fixedclipping_mod"]}, "rounds": 1,
+         "training": {"lr": 0.1, "local_steps": 1, "batch_size": 1}})
+    out = _deploy(deployment, tmp_path, "dp_client", data)
+    deployed_model = np.load(out / "model.npz")
+    initial = make_task(parse_scenario(data)).initial_arrays()
+    moved = np.linalg.norm(np.concatenate([deployed_model[k].ravel() - a.numpy().ravel()
+                                           for k, a in initial.items()]))
+    assert 0 < moved <= 0.01 + 1e-9

@@ -9,6 +9,7 @@ Only a module whose top-level package belongs to an installed distribution is im
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -26,7 +27,7 @@ def installed_object(ref: str, field: str) -> Any:
             part.isidentifier() for part in [*module_name.split("."), *attr.split(".")]):
         raise ScenarioError(f"{field}: {ref!r} is not a reference 'package.module:attribute'")
     top = module_name.split(".")[0]
-    if top not in importlib.metadata.packages_distributions():
+    if top not in _installed_packages():
         raise ScenarioError(
             f"{field}: {top!r} is not an installed package; fedsim imports what a scenario "
             f"names only from installed packages (pip install the package that holds "
@@ -42,6 +43,13 @@ def installed_object(ref: str, field: str) -> Any:
             raise ScenarioError(f"{field}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+@functools.cache
+def _installed_packages() -> frozenset[str]:
+    """Top-level packages of the installed distributions: reading them scans every
+    distribution's metadata (~0.3 s), and a scenario may name several objects."""
+    return frozenset(importlib.metadata.packages_distributions())
 
 
 @contextlib.contextmanager

@@ -277,6 +277,16 @@ class StrategySpec(Spec):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ClientModsSpec(Spec):
+    """Flower mods (`package.module:function`, from installed packages) around the ClientApp's
+    handlers, outermost first: `train` wraps every train message (whichever strategy action
+    handles it), `evaluate` every evaluate message. Client-side DP needs its clipping mod here,
+    e.g. `train: [flwr.clientapp.mod:fixedclipping_mod]`."""
+
+    train: tuple[str, ...] = ()
+    evaluate: tuple[str, ...] = ()
+
+
 class BackendSpec(Spec):
     kind: Literal["ray", "inline"] = "ray"
     num_actors: int | None = Field(default=None, ge=1, le=100_000,
@@ -341,7 +351,8 @@ class AppSpec(Spec):
     work: AppWorkSpec = AppWorkSpec()
 
 
-APP_DECIDES = ("task", "training", "strategy", "topology", "evaluation", "checkpoint", "deploy")
+APP_DECIDES = ("task", "training", "strategy", "client_mods", "topology", "evaluation",
+               "checkpoint", "deploy")
 """Sections a scenario with an `app` leaves out: the app's own code decides them."""
 
 
@@ -358,6 +369,7 @@ class Scenario(Spec):
     clients: ClientsSpec
     channel: ChannelSpec = ChannelSpec()
     strategy: StrategySpec = StrategySpec()
+    client_mods: ClientModsSpec = ClientModsSpec()
     backend: BackendSpec = BackendSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
@@ -426,6 +438,29 @@ def _unwrap(tp: Any, tag: int | str | None) -> Any:
     return tp
 
 
+def _is_tag(node: Any, part: int | str) -> bool:
+    """Whether `part` is the discriminator tag pydantic puts in the location of a tagged
+    union's error (`bernoulli` in `availability.bernoulli.p`): not a key the user wrote."""
+    while typing.get_origin(node) is Annotated:
+        node = typing.get_args(node)[0]
+    if typing.get_origin(node) not in (typing.Union, types.UnionType):
+        return False
+    member = _unwrap(node, part)
+    return (isinstance(member, type) and issubclass(member, BaseModel)
+            and part not in member.model_fields)
+
+
+def _user_path(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The dotted path of `loc` as it is written in a scenario (and in `--set`)."""
+    node: Any = model
+    parts = []
+    for part in loc:
+        if node is None or not _is_tag(node, part):
+            parts.append(str(part))
+        node = None if node is None else _descend(node, part)
+    return ".".join(parts)
+
+
 def _descend(node: Any, part: int | str) -> Any:
     node = _unwrap(node, part)
     if isinstance(node, type) and issubclass(node, BaseModel):
@@ -444,7 +479,7 @@ def describe_error(exc: ValidationError, model: type[BaseModel], prefix: str = "
     err = errors[0]
     # a check of a whole model names the field it is about in its context
     loc = tuple(err["loc"]) or tuple(filter(None, [err.get("ctx", {}).get("field")]))
-    path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "(top level)"
+    path = prefix + _user_path(model, loc) if loc else prefix.rstrip(".") or "(top level)"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
