@@ -67,9 +67,10 @@ def run_plain(args: argparse.Namespace) -> list[float]:
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+    from fedsim.core.plugins import parse_topology_spec
     from fedsim.core.seeding import int_seed
     from fedsim.core.training import TrainConfig, local_sgd
-    from topologies import build_graph, mixing_matrix, parse_topology_spec
+    from topologies import build_graph, mixing_matrix
 
     torch.set_num_threads(1)
     spec = scenario(args)

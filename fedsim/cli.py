@@ -3,7 +3,8 @@
 - ``run``: run a scenario and write its run directory; ``--resume DIR`` continues a run
   from its last checkpoint.
 - ``validate``: check scenario files without running them.
-- ``strategies``: list the strategies a scenario can name.
+- ``strategies``, ``tasks``, ``topologies``: what a scenario can name, the project's and
+  installed plug-ins' (`fedsim.core.plugins`); with a NAME, its parameters.
 - ``topology show``: a scenario's graph: degree stats, spectral gap, a PNG.
 - ``sweep``: run every (point, seed) of a sweep file; finished runs are skipped.
 - ``report``: compare run or sweep directories over seeds.
@@ -302,13 +303,96 @@ def _yaml_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+PluginName = Annotated[str | None, typer.Argument(
+    help="Show this one in detail: every parameter with its type, default and meaning.",
+    show_default=False)]
+
+
 @app.command()
-def strategies() -> None:
-    """List the strategies a scenario can name, with one line each."""
+def strategies(name: PluginName = None) -> None:
+    """List the strategies a scenario can name (`strategy.name`), installed plug-ins included."""
     from strategies import registry
 
-    show_table([(name, info.summary) for name, info in sorted(registry().items())],
-               header=("name", "what it is"))
+    def details(info: Any) -> list[tuple[str, str]]:
+        actions = ", ".join(info.client_actions) or "none (the default train and evaluate)"
+        return [("client actions", actions)]
+
+    _list_plugins(registry(), name, lambda info: info.summary, lambda info: info.Params,
+                  details)
+
+
+@app.command()
+def tasks(name: PluginName = None) -> None:
+    """List the tasks a scenario can name (`task.name`), installed plug-ins included."""
+    from fedsim.engine.tasks import registry
+
+    _list_plugins(registry(), name, lambda task: task.summary, lambda task: task.Params,
+                  lambda task: [("models", ", ".join(task.models))])
+
+
+@app.command()
+def topologies(name: PluginName = None) -> None:
+    """List the topologies a scenario can name (`topology.name`), installed plug-ins included."""
+    from fedsim.core.plugins import topology_registry
+
+    _list_plugins(topology_registry(), name, lambda spec: spec.summary, lambda spec: spec,
+                  lambda spec: [])
+
+
+def _list_plugins(registry: Any, name: str | None, summary: Any, params: Any,
+                  details: Any) -> None:
+    """Without `name`: one row per plug-in (name, what it is, parameters, origin). With it:
+    the plug-in's origin, details and a row per parameter. A plug-in that cannot be loaded
+    is one error line (exit code 2), after the rows of the others."""
+    from fedsim.core.plugins import PluginError
+
+    if name is not None:
+        if name not in registry.names():
+            fail(f"unknown {registry.kind} {name!r} (available: {', '.join(registry.names())})")
+        try:
+            item = registry.get(name, registry.kind)
+        except PluginError as exc:
+            fail(str(exc))
+        rows = [("name", name), ("what it is", summary(item)), ("from", str(registry.origin(
+            name))), ("entry point", registry.origin(name).entry_point), *details(item)]
+        show_table(rows)
+        say("")
+        show_table(_parameters(params(item)) or [("(no parameters)", "", "", "")],
+                   header=("parameter", "type", "default", "meaning"))
+        return
+    rows, broken = [], []
+    for each in registry.names():
+        try:
+            item = registry.get(each, registry.kind)
+            rows.append((each, summary(item), ", ".join(r[0] for r in _parameters(params(item))),
+                         str(registry.origin(each))))
+        except PluginError as exc:
+            broken.append(str(exc))
+    show_table(rows, header=("name", "what it is", "parameters", "from"))
+    for line in broken:
+        error_line(line)
+    if broken:
+        raise typer.Exit(2)
+
+
+def _parameters(model: Any) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, meaning) of each field of a pydantic model, but a topology's
+    `name` (the plug-in's own name)."""
+    from topologies import TopologySpec
+
+    rows = []
+    for field_name, info in model.model_fields.items():
+        if field_name == "name" and issubclass(model, TopologySpec):
+            continue
+        annotation = info.annotation
+        kind = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        if info.is_required():
+            default = "required"
+        else:
+            default = repr(info.default_factory() if info.default_factory else info.default)
+        rows.append((field_name, kind.replace("typing.", "").replace("NoneType", "None"),
+                     default, info.description or ""))
+    return rows
 
 
 topology_app = typer.Typer(help="Inspect a scenario's communication graph.",

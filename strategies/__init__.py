@@ -3,23 +3,25 @@
 A strategy module declares one or more `StrategyInfo`s in a module-level
 `STRATEGIES` tuple: a name for scenarios, a one-line summary for
 `fedsim strategies`, a pydantic model of its hyperparameters, a builder, and
-the client actions it adds to the project's ClientApp. Every module of this
-package that has `STRATEGIES` is registered; there is no list to edit.
+the client actions it adds to the project's ClientApp (none: the default
+`train`/`evaluate` serve it). Each name is registered by an entry point of the
+group `fedsim.strategies` (`fedsim.core.plugins`), in this project's
+pyproject.toml as in any installed plug-in package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsim.core.errors import ScenarioError
+from fedsim.core.plugins import PluginError, Registry
 from fedsim.core.schema import Scenario, describe_error
 from fedsim.core.services import GridServices
 from fedsim.core.task import Task
@@ -32,6 +34,25 @@ ClientFn = Callable[[Message, Context], Message]
 # Flower's FedAvg waits for 2 nodes by default; a simulated population may have 1.
 FEDAVG_DEFAULTS: dict[str, Any] = {"min_train_nodes": 1, "min_evaluate_nodes": 1,
                                    "min_available_nodes": 1}
+
+
+class FedAvgParams(BaseModel):
+    """Flower FedAvg's settings, for the parameter model of a strategy that extends FedAvg:
+    subclass it, add the strategy's own fields, build with `Strategy(**params.model_dump())`.
+    The node minimums default to 1 (`FEDAVG_DEFAULTS`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction_train: float = Field(default=1.0, ge=0, le=1,
+                                  description="share of the online nodes sampled to train")
+    fraction_evaluate: float = Field(default=1.0, ge=0, le=1,
+                                     description="share of the online nodes sampled to evaluate")
+    min_train_nodes: int = Field(default=1, ge=0)
+    min_evaluate_nodes: int = Field(default=1, ge=0)
+    min_available_nodes: int = Field(default=1, ge=0,
+                                     description="nodes to wait for before a round starts")
+    weighted_by_key: str = Field(default="num-examples",
+                                 description="reply metric that weights the average")
 
 
 @dataclass(frozen=True)
@@ -55,32 +76,26 @@ class StrategyInfo:
 
 
 @functools.cache
-def registry() -> dict[str, StrategyInfo]:
-    """Every strategy of every module in this package, by name."""
-    infos: dict[str, StrategyInfo] = {}
-    for module_info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        for info in getattr(module, "STRATEGIES", ()):
-            if info.name in infos:
-                raise RuntimeError(f"two strategies are named {info.name!r}")
-            infos[info.name] = info
-    return infos
+def registry() -> Registry[StrategyInfo]:
+    """Every installed strategy by name (entry points `fedsim.strategies`), each imported
+    when first used."""
+    return Registry("fedsim.strategies", "strategy", "strategies",
+                    lambda item: item.name if isinstance(item, StrategyInfo) else None)
 
 
 def client_actions() -> dict[str, ClientFn]:
-    """Every strategy's client actions by message type, e.g. `train.fedspeed`."""
+    """Every strategy's client actions by message type, e.g. `train.fedspeed`, for the
+    ClientApp. A strategy that fails to load adds none: a run that names it stops at its
+    checks with that strategy's `PluginError`, and other runs are not its hostages."""
     actions: dict[str, ClientFn] = {}
-    for info in registry().values():
-        actions.update(info.client_actions)
+    for name in registry().names():
+        with contextlib.suppress(PluginError):
+            actions.update(strategy_info(name).client_actions)
     return actions
 
 
 def strategy_info(name: str) -> StrategyInfo:
-    infos = registry()
-    if name not in infos:
-        raise ScenarioError(f"strategy.name: unknown strategy {name!r} "
-                            f"(available: {', '.join(sorted(infos))}; see `fedsim strategies`)")
-    return infos[name]
+    return registry().get(name, "strategy.name")
 
 
 def validate_strategy_spec(scenario: Scenario) -> None:

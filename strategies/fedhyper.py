@@ -31,14 +31,14 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, model_to_arrays, unflatten
 from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.training import TrainConfig, local_batches, make_optimizer
-from strategies import FEDAVG_DEFAULTS, BuildContext, StrategyInfo
+from strategies import FEDAVG_DEFAULTS, BuildContext, FedAvgParams, StrategyInfo
 
 Scheduler = Literal["G", "SL", "CL"]
 CLForm = Literal["additive", "multiplicative"]
@@ -335,10 +335,8 @@ def train_fedhyper(message: Message, context: Context) -> Message:
 # ---------------------------------------------------------------------------- registration
 
 
-class FedHyperParams(BaseModel):
+class FedHyperParams(FedAvgParams):
     """Hyperparameters of FedHyper (see `FedHyper`); defaults follow the official code."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schedulers: list[Scheduler] = Field(default_factory=lambda: ["G"])
     global_lr: float = Field(default=1.0, gt=0)
@@ -356,12 +354,6 @@ class FedHyperParams(BaseModel):
     cl_global_term: bool = True
     cl_global_scale: float | None = Field(default=None, ge=0)
     cl_growth_cap: float = Field(default=1.1, ge=1)
-    fraction_train: float = Field(default=1.0, ge=0, le=1)
-    fraction_evaluate: float = Field(default=1.0, ge=0, le=1)
-    min_train_nodes: int = Field(default=1, ge=0)
-    min_evaluate_nodes: int = Field(default=1, ge=0)
-    min_available_nodes: int = Field(default=1, ge=0)
-    weighted_by_key: str = "num-examples"
 
     @model_validator(mode="after")
     def _check(self) -> FedHyperParams:

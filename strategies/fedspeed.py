@@ -22,14 +22,14 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fedsim.core.client import client_task, reply
 from fedsim.core.codec import flatten, model_to_arrays, unflatten
 from fedsim.core.errors import ScenarioError
 from fedsim.core.keys import WORK_KEY
 from fedsim.core.training import TrainConfig, local_batches
-from strategies import FEDAVG_DEFAULTS, BuildContext, StrategyInfo
+from strategies import FEDAVG_DEFAULTS, BuildContext, FedAvgParams, StrategyInfo
 
 ServerRule = Literal["paper", "official"]
 
@@ -243,10 +243,8 @@ def _like(vector: np.ndarray, params: list[torch.Tensor]) -> list[torch.Tensor]:
 # ---------------------------------------------------------------------------- registration
 
 
-class FedSpeedParams(BaseModel):
+class FedSpeedParams(FedAvgParams):
     """Hyperparameters of FedSpeed (see `FedSpeed`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prox_lambda: float = Field(default=10.0, gt=0)
     rho: float = Field(default=0.1, ge=0)
@@ -257,12 +255,6 @@ class FedSpeedParams(BaseModel):
         "official code's 1e-7")
     server_rule: ServerRule = "paper"
     prox_correction: bool = True
-    fraction_train: float = Field(default=1.0, ge=0, le=1)
-    fraction_evaluate: float = Field(default=1.0, ge=0, le=1)
-    min_train_nodes: int = Field(default=1, ge=0)
-    min_evaluate_nodes: int = Field(default=1, ge=0)
-    min_available_nodes: int = Field(default=1, ge=0)
-    weighted_by_key: str = "num-examples"
 
 
 def build(params: FedSpeedParams, context: BuildContext) -> FedSpeed:

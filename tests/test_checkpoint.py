@@ -220,7 +220,7 @@ def test_every_strategy_state_round_trips_through_a_checkpoint() -> None:
     """The one interface: every registered strategy's state is data, and restores."""
 
     failures = []
-    for name in sorted(registry()):
+    for name in registry().names():
         data = _quadratic(strategy={"name": name, "params": {}})
         if name in ("ef21", "ef14", "econtrol"):
             data["strategy"]["params"] = {"lr": 0.1}

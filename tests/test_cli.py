@@ -32,6 +32,9 @@ MALFORMED = [
     (["backend.kind=gpu"], "backend.kind"),
     (["clients.devices.1.availability={kind: bernoulli, p: 2}"],
      "clients.devices.1.availability.p"),
+    (["topology={name: hypercube}"], "topology.name: unknown topology 'hypercube'"),
+    (["topology={name: erdos_renyi, p: 2}"], "topology.p: Input should be less than or equal"),
+    (["topology=ring"], "topology.name: expected a mapping"),
 ]
 
 
@@ -60,6 +63,14 @@ def test_unknown_key_lists_the_allowed_ones():
     result = runner.invoke(app, ["validate", str(QUICKSTART), "--set", "channel.uplnk.x=1"])
     assert result.exit_code == 2
     assert "allowed: uplink, downlink" in result.output
+
+
+def test_unknown_key_of_a_topology_lists_that_topologys_own_keys():
+    result = runner.invoke(app, ["validate", str(QUICKSTART), "--set",
+                                 "topology={name: erdos_renyi, p: 0.5, degree: 3}"])
+    assert result.exit_code == 2
+    assert "topology.degree: unknown key (allowed: name, time_varying, max_tries, p)" in (
+        result.output)
 
 
 def scenario_files() -> list[Path]:
@@ -101,9 +112,9 @@ def test_tables_on_a_pipe_are_plain_lines_that_do_not_wrap():
     result = runner.invoke(app, ["strategies"], env={"COLUMNS": "40"})
     assert result.exit_code == 0
     rows = [line.split("\t") for line in result.output.splitlines()]
-    assert rows[0] == ["name", "what it is"]
-    assert {name: summary for name, summary in rows[1:]} == {
-        name: info.summary for name, info in registry().items()}
+    assert rows[0] == ["name", "what it is", "parameters", "from"]
+    assert {name: summary for name, summary, _, _ in rows[1:]} == {
+        name: registry().get(name, "").summary for name in registry().names()}
 
 
 def _strict_json(text: str) -> object:

@@ -35,7 +35,7 @@ def test_every_builtin_of_the_installed_flower_runs_by_name_or_is_refused_with_i
                 if name not in ("Strategy", "Result")}
     wrappers = {name for name, _ in _DP_WRAPPERS.values()}
     assert builtins == set(_BUILTINS) | wrappers | set(UNSUPPORTED)
-    assert {name.lower() for name in _BUILTINS} | set(_DP_WRAPPERS) <= set(registry())
+    assert {name.lower() for name in _BUILTINS} | set(_DP_WRAPPERS) <= set(registry().names())
     for name in UNSUPPORTED:
         with pytest.raises(ScenarioError) as info:
             quadratic(CENTERS, strategy={"name": name.lower()})

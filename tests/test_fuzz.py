@@ -63,7 +63,7 @@ OUT_OF_RANGE: list[Any] = [-1, 0, -0.5, 1.5, 2, -1e9, math.nan, math.inf, -math.
 HUGE: list[Any] = [10**9, 10**12, 2**63, 10**30, 1e300, 1.7e308]
 UNKNOWN_NAMES = ["nonexistent", "FedAvg", "", "ring ", "quadratic2"]
 NAME_KEYS = ("name", "kind", "dist")
-STRATEGY_NAMES = sorted(registry())
+STRATEGY_NAMES = registry().names()
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from fedsim.core.errors import ScenarioError
+from fedsim.core.plugins import parse_topology_spec
 from topologies import (
     MixingKind,
     TopologyError,
@@ -32,7 +34,6 @@ from topologies import (
     metropolis_hastings,
     mixing_lambda,
     mixing_matrix,
-    parse_topology_spec,
     random_regular,
     spectral_gap,
     torus,
@@ -253,7 +254,6 @@ def test_erdos_renyi_retries_until_connected() -> None:
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        ({"name": "hypercube"}, "name"),
         ({"name": "ring", "degree": 3}, "degree"),
         ({"name": "erdos_renyi", "p": -0.1}, "p"),
         ({"name": "erdos_renyi", "p": 1.5}, "p"),
@@ -268,6 +268,12 @@ def test_bad_spec_is_a_validation_error_naming_the_field(data: dict, field: str)
     with pytest.raises(ValidationError) as error:
         parse_topology_spec(data, num_nodes=11)
     assert field in str(error.value)
+
+
+def test_unknown_topology_is_one_line_naming_the_installed_ones() -> None:
+    with pytest.raises(ScenarioError, match=r"^name: unknown topology 'hypercube' \(available: "
+                                            r"complete, .*ring.*; see `fedsim topologies`\)$"):
+        parse_topology_spec({"name": "hypercube"})
 
 
 def test_spec_checks_on_num_nodes_also_run_when_building() -> None:

@@ -1,11 +1,13 @@
 """Communication graphs and gossip (mixing) matrices for decentralized strategies.
 
-Pure networkx + numpy: build a graph by name (:func:`build_graph`, or a builder such as
-:func:`ring`), derive its mixing matrix (:func:`mixing_matrix`) and its spectral gap,
-and gossip node vectors with it.
+Pure networkx + numpy: build a graph from its spec (:func:`build_graph`, or a builder
+such as :func:`ring`), derive its mixing matrix (:func:`mixing_matrix`) and its spectral
+gap, and gossip node vectors with it. Scenarios name topologies through the registry of
+entry points `fedsim.topologies` (`fedsim.core.plugins`), which lists `TOPOLOGIES`' names.
 """
 
 from topologies.graphs import (
+    TOPOLOGIES,
     CompleteSpec,
     DegreeStats,
     EdgeListSpec,
@@ -29,7 +31,6 @@ from topologies.graphs import (
     graph_for_round,
     grid,
     lattice_shape,
-    parse_topology_spec,
     random_matching,
     random_regular,
     require_connected,
@@ -51,6 +52,7 @@ from topologies.mixing import (
 )
 
 __all__ = [
+    "TOPOLOGIES",
     "CompleteSpec",
     "DegreeStats",
     "EdgeListSpec",
@@ -82,7 +84,6 @@ __all__ = [
     "metropolis_hastings",
     "mixing_lambda",
     "mixing_matrix",
-    "parse_topology_spec",
     "random_matching",
     "random_regular",
     "require_connected",

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypedDict
+from typing import ClassVar, Literal, TypedDict
 
 import networkx as nx
 import numpy as np
@@ -27,7 +27,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -275,8 +274,12 @@ def _check_small_world_k(k: int, num_nodes: int) -> None:
         raise TopologyError(f"k={k}: needs k < num_nodes={num_nodes}; lower k")
 
 
-class _TopologySpecBase(BaseModel):
-    """Fields and checks shared by every topology.
+class TopologySpec(BaseModel):
+    """A topology as a scenario writes it: the fields and checks every topology shares.
+
+    A topology subclasses it with `name: Literal["its_name"] = "its_name"`, a one-line
+    `summary`, its own fields and `build`; it is listed in its module's `TOPOLOGIES` and
+    registered by an entry point of the group `fedsim.topologies`.
 
     Checks that need the number of nodes run in :func:`build_graph`, and at validation
     when the caller passes ``context={"num_nodes": m}`` (see :func:`parse_topology_spec`).
@@ -284,6 +287,7 @@ class _TopologySpecBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    summary: ClassVar[str] = ""
     is_random: ClassVar[bool] = False
 
     name: str
@@ -308,7 +312,7 @@ class _TopologySpecBase(BaseModel):
         return time_varying
 
     @model_validator(mode="after")
-    def _fits_num_nodes(self, info: ValidationInfo) -> _TopologySpecBase:
+    def _fits_num_nodes(self, info: ValidationInfo) -> TopologySpec:
         num_nodes = (info.context or {}).get("num_nodes")
         if num_nodes is not None:
             self.check_num_nodes(num_nodes)
@@ -332,14 +336,15 @@ class _TopologySpecBase(BaseModel):
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
-class RingSpec(_TopologySpecBase):
+class RingSpec(TopologySpec):
     name: Literal["ring"] = "ring"
+    summary: ClassVar[str] = "a cycle: each node gossips with its two neighbours"
 
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return ring(num_nodes)
 
 
-class _LatticeSpec(_TopologySpecBase):
+class _LatticeSpec(TopologySpec):
     rows: int | None = Field(default=None, ge=1, description="lattice rows; default: factor m")
     cols: int | None = Field(default=None, ge=1, description="lattice columns; default: factor m")
 
@@ -349,6 +354,7 @@ class _LatticeSpec(_TopologySpecBase):
 
 class TorusSpec(_LatticeSpec):
     name: Literal["torus"] = "torus"
+    summary: ClassVar[str] = "a 2-D lattice with wrap-around (rows x cols = nodes)"
 
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return torus(num_nodes, self.rows, self.cols)
@@ -356,19 +362,21 @@ class TorusSpec(_LatticeSpec):
 
 class GridSpec(_LatticeSpec):
     name: Literal["grid"] = "grid"
+    summary: ClassVar[str] = "a 2-D lattice without wrap-around (rows x cols = nodes)"
 
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return grid(num_nodes, self.rows, self.cols)
 
 
-class ExponentialSpec(_TopologySpecBase):
+class ExponentialSpec(TopologySpec):
     name: Literal["exponential"] = "exponential"
+    summary: ClassVar[str] = "node i joined to i ± 2^k (log-degree, fast mixing)"
 
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return exponential(num_nodes)
 
 
-class _RandomSpec(_TopologySpecBase):
+class _RandomSpec(TopologySpec):
     is_random: ClassVar[bool] = True
 
     max_tries: int = Field(
@@ -379,6 +387,7 @@ class _RandomSpec(_TopologySpecBase):
 
 class ErdosRenyiSpec(_RandomSpec):
     name: Literal["erdos_renyi"] = "erdos_renyi"
+    summary: ClassVar[str] = "random graph, each edge with probability p, re-drawn until connected"
     p: float = Field(gt=0.0, le=1.0, description="edge probability, in (0, 1]")
 
     def expected_edges(self, num_nodes: int) -> float:
@@ -390,6 +399,7 @@ class ErdosRenyiSpec(_RandomSpec):
 
 class RandomRegularSpec(_RandomSpec):
     name: Literal["random_regular"] = "random_regular"
+    summary: ClassVar[str] = "random graph in which every node has `degree` neighbours"
     degree: int = Field(ge=1, description="neighbours per node; degree < m, degree*m even")
 
     def check_num_nodes(self, num_nodes: int) -> None:
@@ -402,6 +412,7 @@ class RandomRegularSpec(_RandomSpec):
 
 class SmallWorldSpec(_RandomSpec):
     name: Literal["small_world"] = "small_world"
+    summary: ClassVar[str] = "Watts-Strogatz: a ring lattice with edges rewired with probability p"
     k: int = Field(ge=2, description="each node starts joined to its k nearest ring neighbours")
     p: float = Field(ge=0.0, le=1.0, description="rewiring probability, in [0, 1]")
 
@@ -420,15 +431,17 @@ class SmallWorldSpec(_RandomSpec):
         return small_world(num_nodes, self.k, self.p, seed, self.max_tries)
 
 
-class StarSpec(_TopologySpecBase):
+class StarSpec(TopologySpec):
     name: Literal["star"] = "star"
+    summary: ClassVar[str] = "one hub joined to every other node"
 
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return star(num_nodes)
 
 
-class CompleteSpec(_TopologySpecBase):
+class CompleteSpec(TopologySpec):
     name: Literal["complete"] = "complete"
+    summary: ClassVar[str] = "every node joined to every other"
 
     def expected_edges(self, num_nodes: int) -> float:
         return num_nodes * (num_nodes - 1) / 2
@@ -437,36 +450,18 @@ class CompleteSpec(_TopologySpecBase):
         return complete(num_nodes)
 
 
-class EdgeListSpec(_TopologySpecBase):
+class EdgeListSpec(TopologySpec):
     name: Literal["edge_list"] = "edge_list"
+    summary: ClassVar[str] = "the edges of a text file"
     path: Path = Field(description="text file of lines 'i j' on nodes 0..m-1; '#' comments")
 
     def build(self, num_nodes: int, seed: int) -> nx.Graph:
         return edge_list(self.path, num_nodes)
 
 
-TopologySpec = Annotated[
-    RingSpec
-    | TorusSpec
-    | GridSpec
-    | ExponentialSpec
-    | ErdosRenyiSpec
-    | RandomRegularSpec
-    | SmallWorldSpec
-    | StarSpec
-    | CompleteSpec
-    | EdgeListSpec,
-    Field(discriminator="name"),
-]
-"""A topology as written in a scenario, discriminated by ``name``."""
-
-_TOPOLOGY_SPEC_ADAPTER: TypeAdapter[TopologySpec] = TypeAdapter(TopologySpec)
-
-
-def parse_topology_spec(data: Mapping[str, Any], num_nodes: int | None = None) -> TopologySpec:
-    """Validate a topology mapping; with `num_nodes`, also the checks that depend on m."""
-    context = None if num_nodes is None else {"num_nodes": num_nodes}
-    return _TOPOLOGY_SPEC_ADAPTER.validate_python(data, context=context)
+TOPOLOGIES = (RingSpec, TorusSpec, GridSpec, ExponentialSpec, ErdosRenyiSpec,
+              RandomRegularSpec, SmallWorldSpec, StarSpec, CompleteSpec, EdgeListSpec)
+"""The built-in topologies (each registered by name in pyproject.toml's entry points)."""
 
 
 MAX_EDGES = 20_000_000

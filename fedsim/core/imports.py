@@ -3,7 +3,10 @@
 A scenario file must not be a way to run code that nobody installed: a module that sits
 beside the scenario or in the working directory is refused, whatever `sys.path` holds.
 Only a module whose top-level package belongs to an installed distribution is imported
-(`pip install` the package that holds it, editable installs included).
+(`pip install` the package that holds it, editable installs included). Plug-ins' entry
+points (`installed_entry_points`) are read under the same rule: a `*.dist-info` lying in
+the working directory, which `importlib.metadata` would otherwise find there, registers
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Iterator
+from importlib.metadata import Distribution, EntryPoint
 from typing import Any
 
 from fedsim.core.errors import ScenarioError
@@ -52,13 +56,43 @@ def _installed_packages() -> frozenset[str]:
     return frozenset(importlib.metadata.packages_distributions())
 
 
+def installed_entry_points(group: str) -> list[tuple[EntryPoint, Distribution]]:
+    """The entry points of `group` and the distribution of each, from installed packages:
+    `sys.path` without the working directory, each distribution once (the first on the
+    path, as Python's own lookup does)."""
+    found: list[tuple[EntryPoint, Distribution]] = []
+    seen: set[str] = set()
+    for dist in importlib.metadata.distributions(path=_installed_path()):
+        key = _normalized(dist.metadata["Name"] or "")
+        if key in seen:
+            continue
+        seen.add(key)
+        found += [(ep, dist) for ep in dist.entry_points if ep.group == group]
+    return found
+
+
+def load_entry_point(entry_point: EntryPoint) -> Any:
+    """The object an installed entry point names, imported with the working directory off
+    `sys.path`; its own import error propagates."""
+    with _without_working_directory():
+        return entry_point.load()
+
+
+def _normalized(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _installed_path() -> list[str]:
+    here = {"", ".", os.getcwd()}
+    return [p for p in sys.path if p not in here]
+
+
 @contextlib.contextmanager
 def _without_working_directory() -> Iterator[None]:
     """Import with the working directory off `sys.path` (`python -m` puts it first), so an
     installed package is not shadowed by a same-named folder where the user stands."""
-    here = {"", ".", os.getcwd()}
     saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if p not in here]
+    sys.path[:] = _installed_path()
     try:
         yield
     finally:

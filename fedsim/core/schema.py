@@ -3,8 +3,10 @@
 A scenario declares everything a run needs: task and data split, the device
 population and its links, the strategy and its hyperparameters, rounds and
 deadline, the execution backend and where results go. This module is data
-only: it knows no registry (the composition root, `fedsim.scenario`, checks
-names against the installed strategies and tasks). Unknown keys are errors
+only: the composition root (`fedsim.scenario`) checks strategy and task names
+against the installed plug-ins. A topology is the exception, because its spec
+is the data strategies read: it is validated by the class its name registers
+(`fedsim.core.plugins.topology_class`). Unknown keys are errors
 everywhere, and every error names the field path and what is allowed.
 """
 
@@ -19,13 +21,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
+    WrapValidator,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from fedsim.core.errors import ScenarioError
+from fedsim.core.plugins import topology_class
 from topologies import TopologySpec
 
 MAX_ROUNDS = 10_000_000
@@ -356,6 +362,24 @@ APP_DECIDES = ("task", "training", "strategy", "client_mods", "topology", "evalu
 """Sections a scenario with an `app` leaves out: the app's own code decides them."""
 
 
+def _topology(value: Any, handler: Any, info: ValidationInfo) -> TopologySpec:
+    """A topology mapping validated by the class its `name` registers; its one-line error
+    (`topology.FIELD: ...`) is kept whole."""
+    if isinstance(value, TopologySpec):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError("plugin", "{line}", {"line": "name: expected a mapping "
+                                                       "such as {name: ring}"})
+    try:
+        spec = topology_class(value.get("name"))
+        return spec.model_validate(value, context=info.context)
+    except ScenarioError as exc:  # no such topology, or it failed to load
+        line = str(exc)
+    except ValidationError as exc:
+        line = describe_error(exc, spec)
+    raise PydanticCustomError("plugin", "{line}", {"line": line})
+
+
 class Scenario(Spec):
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'")
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -373,7 +397,8 @@ class Scenario(Spec):
     backend: BackendSpec = BackendSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
-    topology: TopologySpec | None = Field(default=None, description="for decentralized strategies")
+    topology: Annotated[SerializeAsAny[TopologySpec], WrapValidator(_topology)] | None = Field(
+        default=None, description="for decentralized strategies; `fedsim topologies` lists them")
     checkpoint: CheckpointSpec = CheckpointSpec()
     deploy: DeploySpec = DeploySpec()
 
@@ -480,7 +505,9 @@ def describe_error(exc: ValidationError, model: type[BaseModel], prefix: str = "
     # a check of a whole model names the field it is about in its context
     loc = tuple(err["loc"]) or tuple(filter(None, [err.get("ctx", {}).get("field")]))
     path = prefix + _user_path(model, loc) if loc else prefix.rstrip(".") or "(top level)"
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "plugin":  # a plug-in's own one-line error, below `path`
+        line = f"{path}.{err['ctx']['line']}"
+    elif err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         line = f"{path}: unknown key{hint}"

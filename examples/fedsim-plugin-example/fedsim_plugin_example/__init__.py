@@ -1,0 +1,1 @@
+"""Example fedsim plug-ins: `damped_fedavg`, `clipped_fedavg` and the `wine` task."""
