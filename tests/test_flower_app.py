@@ -154,6 +154,7 @@ def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch
     from fedsim_example_app.server_app import app as server_app
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import Strategy
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.constant import NOOP_FEDERATION_ID
@@ -162,33 +163,43 @@ def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch
     from flwr.supercore.telemetry import EventType
 
     config = {"num-server-rounds": 2, "fraction-train": 1.0, "local-epochs": 1, "lr": 0.1}
-    ours = fedsim.simulate(
+    starts: list[tuple[object, object]] = []  # (initial arrays, Result) of each run's start
+    flower_start = Strategy.start
+
+    def keep(self, grid, initial_arrays, *args, **kwargs):
+        result = flower_start(self, grid, initial_arrays, *args, **kwargs)
+        starts.append((initial_arrays, result))
+        return result
+
+    monkeypatch.setattr(Strategy, "start", keep)
+    fedsim.simulate(
         {"name": "vs-flower", "clients": {"count": clients}, "backend": {"kind": "inline"},
          "app": {"server": "fedsim_example_app.server_app:app",
                  "client": "fedsim_example_app.client_app:app", "run_config": config}})
+    seeded = ServerApp()  # the app's main, after seeding as fedsim seeds (in Flower's thread)
 
-    final = {}
-    flower_start = Strategy.start
+    @seeded.main()
+    def main(grid, context):
+        random.seed(int_seed(0, "node-sampling"))
+        torch.manual_seed(int_seed(0, "server-app"))
+        server_app(grid, context)
 
-    def keep_result(self, *args, **kwargs):
-        final["result"] = flower_start(self, *args, **kwargs)
-        return final["result"]
-
-    monkeypatch.setattr(Strategy, "start", keep_result)
-    torch.manual_seed(int_seed(0, "server-app"))  # the initial model fedsim's run drew
-    random.seed(0)
     run = Run.create_empty(run_id=7)
     run.primary_task_id, run.federation_id, run.override_config = 1, NOOP_FEDERATION_ID, config
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, SUPERLINK_NODE_ID
     _run_simulation(
         num_supernodes=clients, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app, server_app=server_app, app_dir=str(EXAMPLE), is_app=True,
+        client_app=client_app, server_app=seeded, app_dir=str(EXAMPLE), is_app=True,
         run=run, server_app_context=Context(run_id=7, node_id=0, node_config={},
                                             state=RecordDict(), run_config=dict(config)),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    theirs = flatten(final["result"].arrays)
-    mine = flatten(ours.arrays)
+    (ours_initial, ours), (their_initial, theirs) = starts
+    assert np.array_equal(flatten(ours_initial), flatten(their_initial)), "different start"
+    for server_round, metrics in theirs.train_metrics_clientapp.items():  # where they part
+        assert ours.train_metrics_clientapp[server_round]["train_loss"] == pytest.approx(
+            metrics["train_loss"], rel=1e-6), f"round {server_round}"
+    mine, theirs_w = flatten(ours.arrays), flatten(theirs.arrays)
     if tolerance == 0:
-        assert np.array_equal(mine, theirs)
+        assert np.array_equal(mine, theirs_w)
     else:
-        assert np.max(np.abs(mine - theirs)) <= tolerance * np.max(np.abs(theirs))
+        assert np.max(np.abs(mine - theirs_w)) <= tolerance * np.max(np.abs(theirs_w))
