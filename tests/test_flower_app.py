@@ -8,7 +8,9 @@ own simulation of the same app.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import itertools
 import json
 import random
@@ -144,12 +146,30 @@ def test_a_module_only_in_the_scenarios_folder_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("clients", "tolerance"), [(2, 0.0), (10, 1e-6)])
-def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch, clients,
-                                                        tolerance):
+def test_the_model_is_flowers_own_simulation_of_the_app(tmp_path):
     """Full participation, no noise: SimGrid sums replies in the order the strategy sent
     them, Flower's simulation in the order they arrived. Two replies sum the same either way
-    (bit for bit); ten agree to float32 rounding."""
+    (bit for bit); ten agree to float32 rounding. In a subprocess: Flower's simulation shuts
+    Ray down when it ends (the session's shared cluster included)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from tests.test_flower_app import both_runs; "
+         "both_runs(sys.argv[1], sys.argv[2])", "2,10", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for clients, tolerance in ((2, 0.0), (10, 1e-6)):
+        runs = np.load(tmp_path / f"{clients}.npz")
+        assert np.array_equal(runs["ours_initial"], runs["their_initial"]), "different start"
+        np.testing.assert_allclose(runs["ours_losses"], runs["their_losses"], rtol=1e-6)
+        mine, theirs = runs["ours"], runs["theirs"]
+        if tolerance == 0:
+            assert np.array_equal(mine, theirs)
+        else:
+            assert np.max(np.abs(mine - theirs)) <= tolerance * np.max(np.abs(theirs))
+
+
+def both_runs(clients_list: str, out: str) -> None:
+    """Run the example app on fedsim (inline) and on Flower's simulation (Ray) for each
+    number of clients; save both runs' initial and final models and train losses."""
     from fedsim_example_app.client_app import app as client_app
     from fedsim_example_app.server_app import app as server_app
     from flwr.app import Context, RecordDict
@@ -162,20 +182,17 @@ def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    config = {"num-server-rounds": 2, "fraction-train": 1.0, "local-epochs": 1, "lr": 0.1}
-    starts: list[tuple[object, object]] = []  # (initial arrays, Result) of each run's start
+    starts: list[tuple[object, object]] = []  # (initial arrays, Result) of each start
     flower_start = Strategy.start
 
-    def keep(self, grid, initial_arrays, *args, **kwargs):
-        result = flower_start(self, grid, initial_arrays, *args, **kwargs)
-        starts.append((initial_arrays, result))
+    @functools.wraps(flower_start)  # the signature fedsim binds the app's call to
+    def keep(*args, **kwargs):
+        result = flower_start(*args, **kwargs)
+        call = inspect.signature(flower_start).bind(*args, **kwargs)
+        starts.append((call.arguments["initial_arrays"], result))
         return result
 
-    monkeypatch.setattr(Strategy, "start", keep)
-    fedsim.simulate(
-        {"name": "vs-flower", "clients": {"count": clients}, "backend": {"kind": "inline"},
-         "app": {"server": "fedsim_example_app.server_app:app",
-                 "client": "fedsim_example_app.client_app:app", "run_config": config}})
+    Strategy.start = keep  # this process only
     seeded = ServerApp()  # the app's main, after seeding as fedsim seeds (in Flower's thread)
 
     @seeded.main()
@@ -184,22 +201,30 @@ def test_the_model_is_flowers_own_simulation_of_the_app(ray_cluster, monkeypatch
         torch.manual_seed(int_seed(0, "server-app"))
         server_app(grid, context)
 
-    run = Run.create_empty(run_id=7)
-    run.primary_task_id, run.federation_id, run.override_config = 1, NOOP_FEDERATION_ID, config
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, SUPERLINK_NODE_ID
-    _run_simulation(
-        num_supernodes=clients, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app, server_app=seeded, app_dir=str(EXAMPLE), is_app=True,
-        run=run, server_app_context=Context(run_id=7, node_id=0, node_config={},
-                                            state=RecordDict(), run_config=dict(config)),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    (ours_initial, ours), (their_initial, theirs) = starts
-    assert np.array_equal(flatten(ours_initial), flatten(their_initial)), "different start"
-    for server_round, metrics in theirs.train_metrics_clientapp.items():  # where they part
-        assert ours.train_metrics_clientapp[server_round]["train_loss"] == pytest.approx(
-            metrics["train_loss"], rel=1e-6), f"round {server_round}"
-    mine, theirs_w = flatten(ours.arrays), flatten(theirs.arrays)
-    if tolerance == 0:
-        assert np.array_equal(mine, theirs_w)
-    else:
-        assert np.max(np.abs(mine - theirs_w)) <= tolerance * np.max(np.abs(theirs_w))
+    config = {"num-server-rounds": 2, "fraction-train": 1.0, "local-epochs": 1, "lr": 0.1}
+    for clients in map(int, clients_list.split(",")):
+        starts.clear()
+        fedsim.simulate(
+            {"name": "vs-flower", "clients": {"count": clients}, "backend": {"kind": "inline"},
+             "app": {"server": "fedsim_example_app.server_app:app",
+                     "client": "fedsim_example_app.client_app:app", "run_config": config}})
+        run = Run.create_empty(run_id=7)
+        run.primary_task_id, run.federation_id = 1, NOOP_FEDERATION_ID
+        run.override_config = config
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, SUPERLINK_NODE_ID
+        _run_simulation(
+            num_supernodes=clients, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app, server_app=seeded, app_dir=str(EXAMPLE), is_app=True,
+            run=run, server_app_context=Context(run_id=7, node_id=0, node_config={},
+                                                state=RecordDict(), run_config=dict(config)),
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": 2}})
+        (ours_initial, ours), (their_initial, theirs) = starts
+
+        def losses(result):
+            return [m["train_loss"] for _, m in sorted(result.train_metrics_clientapp.items())]
+
+        np.savez(Path(out) / f"{clients}.npz", ours_initial=flatten(ours_initial),
+                 their_initial=flatten(their_initial), ours=flatten(ours.arrays),
+                 theirs=flatten(theirs.arrays), ours_losses=losses(ours),
+                 their_losses=losses(theirs))
