@@ -8,9 +8,7 @@ and the rounds, virtual seconds and bytes needed to reach a target accuracy.
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.results import read_metrics, to_json
+from fedsim.results import read_metrics, table_csv, to_json
 
 
 @dataclass
@@ -210,15 +208,6 @@ def _curve(records: list[dict[str, Any]], key: str, x_key: str
     else:
         xs = np.array([r[x_key] for r in rows], dtype=float)
     return xs, np.array([r[key] for r in rows], dtype=float)
-
-
-def table_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _cell(row: dict[str, Any], key: str) -> str:

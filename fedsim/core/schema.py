@@ -311,6 +311,9 @@ class EvaluationSpec(Spec):
 class OutputSpec(Spec):
     dir: Path = Path("runs")
     plots: bool = True
+    timeline_nodes: int = Field(
+        default=32, ge=0, le=10_000, description="devices whose events timeline.json and "
+        "timeline.png show (0: no timeline); sampled evenly within each tier when there are more")
 
 
 class CheckpointSpec(Spec):
