@@ -397,6 +397,7 @@ class _RoundRecorder:
         if task is not None:
             self._model = task.make_model()
             self._test = task.test_data(None)
+            self._validation = task.validation_data()
 
     def trained(self, server_round: int, metrics: MetricRecord | None) -> None:
         """The round's aggregated train metrics (called before its `end_of_round`)."""
@@ -436,8 +437,12 @@ class _RoundRecorder:
         evaluated: dict[str, float] = {}
         if self.task is not None and every and (server_round % every == 0
                                                 or server_round == self.scenario.rounds):
-            evaluated = self.task.evaluate(arrays_to_model(self._model, arrays), self._test)
+            model = arrays_to_model(self._model, arrays)
+            evaluated = self.task.evaluate(model, self._test)
             record.update(evaluated)
+            if self._validation is not None:
+                record.update({f"val_{k}": v for k, v in
+                               self.task.evaluate(model, self._validation).items()})
         record.update(_named_for_the_record(self._on_server, taken=record))
         record.update(_named_for_the_record(self._train, taken=record))
         record.update({f"federated_{k}": v for k, v in self._federated.items()})
@@ -498,6 +503,7 @@ class _RoundRecorder:
                 out[f"final_{key}"] = last[key]
         if accuracies:
             out["best_accuracy"] = max(accuracies)
+        out.update(best_on_validation(self.records))
         if self.first_client_error:
             out["first_client_error"] = self.first_client_error
         if isinstance(self.grid, SimGrid):
@@ -527,6 +533,19 @@ def _by_tier(grid: SimGrid, replies: Sequence[Message]) -> dict[str, dict[str, f
                 tier_sums[key] = tier_sums.get(key, 0.0) + weight * value
     return {tier: {k: v / weights[tier] for k, v in tier_sums.items()} if weights[tier] else {}
             for tier, tier_sums in sums.items()}
+
+
+def best_on_validation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose model does best on the validation set (accuracy, else loss; the
+    first on a tie), with its test value: a "best" the test set did not choose."""
+    key = "accuracy" if any("val_accuracy" in r for r in records) else "loss"
+    rows = [r for r in records if f"val_{key}" in r and key in r]
+    if not rows:
+        return {}
+    sign = 1 if key == "accuracy" else -1
+    best = max(rows, key=lambda r: sign * r[f"val_{key}"])
+    return {"best_round": best["round"], f"best_val_{key}": best[f"val_{key}"],
+            f"test_{key}_at_best": best[key]}
 
 
 NOT_RECORDED = ("num-examples", WORK_KEY)

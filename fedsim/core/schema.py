@@ -263,6 +263,9 @@ class TaskSpec(Spec):
     name: str = "digits"
     model: str | None = None
     partition: PartitionSpec = PartitionSpec()
+    validation_share: float = Field(
+        default=0.1, ge=0, lt=1, description="share of the training data the server holds "
+        "out as its validation set, for tasks that hold one out (`Task.validation_data`)")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
