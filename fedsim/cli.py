@@ -476,31 +476,41 @@ def report(
     paths: Annotated[list[Path], typer.Argument(help="Run or sweep directories.",
                                                 show_default=False)],
     out: Annotated[Path, typer.Option(help="Where to write the report.")] = Path("report"),
-    target: Annotated[float | None, typer.Option(help="Target accuracy for time-to-target.")
-                      ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Also print the table: md, csv or json.")
-                   ] = "md",
+    target: Annotated[float | None, typer.Option(
+        help="Target value of the metric for the to-target columns (default: a sweep's "
+             "target_accuracy, for accuracy).", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="Recorded metric to compare (default: accuracy, else loss); higher is better "
+             "for names with acc/auc/f1/precision/recall, lower for any other.",
+        show_default=False)] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="Also print the table: md, csv, json or tex (LaTeX).")] = "md",
 ) -> None:
-    """Compare runs: mean +- std over seeds, time and bytes to target, curves with bands.
+    """Compare runs: mean ± sample std over seeds, time and bytes to target, curves with bands.
 
-    The printed table is the written file verbatim (never wrapped), so
+    Runs are grouped by their resolved scenario (without seed, name, output, backend and
+    checkpoint). The printed table is the written file verbatim (never wrapped), so
     `fedsim report DIR --format json | jq` and `--format csv > t.csv` work.
     """
-    from fedsim.report import collect, summarize, table_csv, write_report
+    from fedsim.report import collect, default_metric, sweep_target, write_report
 
     missing = [p for p in paths if not p.exists()]
     if missing:
         fail(f"{missing[0]}: no such run or sweep directory")
-    if fmt not in ("md", "csv", "json"):
-        fail(f"--format {fmt!r}: use md, csv or json")
+    if fmt not in ("md", "csv", "json", "tex"):
+        fail(f"--format {fmt!r}: use md, csv, json or tex")
     runs = collect(paths)
     if not runs:
         fail(f"no runs found under {', '.join(map(str, paths))} (a run directory has summary.json)")
-    written = write_report(runs, out, target)
-    if fmt == "csv":
-        sys.stdout.write(table_csv(summarize(runs, target)))
-    else:
-        sys.stdout.write(written[fmt].read_text())
+    key = metric or default_metric(runs)
+    recorded = {k for run in runs for r in run.records for k in r}
+    if metric is not None and metric not in recorded:
+        fail(f"--metric {metric}: no run recorded it (recorded: "
+             f"{', '.join(sorted(k for k in recorded if k != 'round'))})")
+    if target is None and key == "accuracy":
+        target = sweep_target(paths)
+    written = write_report(runs, out, target, key)
+    sys.stdout.write(written[fmt].read_text())
     sys.stdout.flush()
 
 

@@ -121,7 +121,7 @@ def test_an_invalid_point_and_a_raising_run_fail_alone(tmp_path):
     runs = {r.group: r for r in collect([out / "runs"])}
     invalid = next(r for g, r in runs.items() if "clients.count=-1" in g)
     assert "clients.count" in invalid.error
-    stalled = next(r for g, r in runs.items() if "min_train_nodes" in g)
+    stalled = next(r for r in runs.values() if "min_train_nodes" in json.dumps(r.overrides))
     assert "min_train_nodes" in stalled.error
     paths = write_report(list(runs.values()), out / "report")
     markdown = paths["md"].read_text()
@@ -169,3 +169,4 @@ def test_killing_a_parallel_sweep_stops_its_runs_and_a_rerun_writes_each_round_o
     assert outcome.done + outcome.skipped == 2 and outcome.failed == 0
     for metrics in out.glob("runs/*/metrics.jsonl"):
         assert [r["round"] for r in read_metrics(metrics.parent)] == list(range(rounds + 1))
+
