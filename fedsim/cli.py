@@ -267,8 +267,8 @@ def validate(
             if is_sweep(read_yaml(path)):
                 from fedsim.sweep import check_sweep
 
-                spec, runs = check_sweep(path, overrides)
-                say(f"ok  {path}: sweep {spec.name} ({runs} runs)")
+                spec, points = check_sweep(path, overrides)
+                say(f"ok  {path}: sweep {spec.name} ({len(points)} runs)")
                 continue
             scenario = load(path, overrides)
             from fedsim.checks import CHECK_ERRORS, check_run
@@ -444,16 +444,31 @@ def sweep(
     report_too: Annotated[bool, typer.Option("--report/--no-report",
                                              help="Write the comparison report at the end.")
                           ] = True,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Override a value of every point's scenario, e.g. --set rounds=3 "
+                            "(repeatable; joins the sweep's `set`).")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, help="Run seeds 0..N-1 instead of the sweep's seeds.", show_default=False)
+                     ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List every (point, seed) and check its scenario as `fedsim run` "
+                          "would; run nothing.")] = False,
 ) -> None:
     """Run every (point, seed) of a sweep; finished runs are skipped, so it resumes."""
     from fedsim.report import collect, write_report
-    from fedsim.sweep import expand, load_sweep, run_sweep
+    from fedsim.sweep import check_sweep, expand, load_sweep, run_state, run_sweep
 
     try:
-        spec, _ = load_sweep(sweep_file)
+        spec, points = (check_sweep(sweep_file, overrides, seeds) if dry_run else
+                        (load_sweep(sweep_file, overrides, seeds)[0], []))
     except ScenarioError as exc:
         fail(str(exc))
     out_dir = out or Path("runs") / "sweeps" / spec.name
+    if dry_run:
+        show_table([(p.label, str(p.seed), run_state(out_dir / "runs" / p.dirname))
+                    for p in points], header=("point", "seed", "state"))
+        say(f"{len(points)} runs, every scenario valid -> {out_dir}")
+        return
     total = len(expand(spec))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
@@ -463,11 +478,13 @@ def sweep(
         def advance(point: Any, state: str) -> None:
             progress.update(bar, advance=1, status=f"{point.dirname}: {state}")
 
-        outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance)
+        outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance, overrides,
+                            seeds)
     say(f"{outcome.done} run, {outcome.skipped} skipped (done before), "
         f"{outcome.failed} failed -> {out_dir}")
     if report_too:
-        paths = write_report(collect([out_dir / "runs"]), out_dir / "report", spec.target_accuracy)
+        paths = write_report(collect([out_dir / "runs"]), out_dir / "report",
+                             spec.target_accuracy)
         say(f"report: {paths['md']}")
 
 

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError, model_validator
 from fedsim.checks import CHECK_ERRORS, check_run
 from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import NAME_PATTERN, Spec, describe_error, scenario_to_dict
-from fedsim.files import apply_overrides, read_yaml, set_path
+from fedsim.files import apply_overrides, parse_override, read_yaml, set_path
 from fedsim.results import LOCK_FILE, RunDirInUse, run_dir_lock
 from fedsim.scenario import parse_scenario
 
@@ -86,13 +86,24 @@ def _short(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
 
 
-def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """The sweep spec and its base scenario mapping (not yet validated)."""
+def load_sweep(path: Path, overrides: list[str] | None = None, seeds: int | None = None
+               ) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep spec and its base scenario mapping (not yet validated).
+
+    `overrides` (`--set KEY=VALUE`) join the sweep's `set` (after it: they win); `seeds`
+    replaces its seeds with 0..seeds-1. The spec returned records both.
+    """
     data = read_yaml(path)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(f"{path}: {describe_error(exc, SweepSpec)}") from None
+    changes: dict[str, Any] = {}
+    if overrides:
+        changes["set"] = {**spec.set, **dict(parse_override(o) for o in overrides)}
+    if seeds is not None:
+        changes["seeds"] = list(range(seeds))
+    spec = spec.model_copy(update=changes)
     if isinstance(spec.base, dict):
         base = copy.deepcopy(spec.base)
     else:
@@ -101,14 +112,14 @@ def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     return spec, base
 
 
-def check_sweep(path: Path, overrides: list[str] | None = None) -> tuple[SweepSpec, int]:
+def check_sweep(path: Path, overrides: list[str] | None = None, seeds: int | None = None
+                ) -> tuple[SweepSpec, list[Point]]:
     """Every (point, seed) of a sweep through the checks `fedsim run` does before training.
 
-    `overrides` apply to the base scenario, like the sweep's own `set`. Returns the
-    spec and the number of runs; the first bad point raises, naming the point.
+    `overrides` and `seeds` as in `load_sweep`. Returns the spec and its points; the first
+    bad point raises, naming the point.
     """
-    spec, base = load_sweep(path)
-    apply_overrides(base, overrides or [])
+    spec, base = load_sweep(path, overrides, seeds)
     points = expand(spec)
     for point in points:
         where = f"{path}: point {point.label}, seed {point.seed}"
@@ -117,7 +128,7 @@ def check_sweep(path: Path, overrides: list[str] | None = None) -> tuple[SweepSp
             check_run(scenario)
         except CHECK_ERRORS as exc:
             raise ScenarioError(f"{where}: {exc}") from None
-    return spec, len(points)
+    return spec, points
 
 
 def expand(spec: SweepSpec) -> list[Point]:
@@ -157,9 +168,11 @@ class SweepOutcome:
 
 
 def run_sweep(path: Path, out: Path, parallel: int = 1, retry_failed: bool = False,
-              on_progress: Callable[[Point, str], None] | None = None) -> SweepOutcome:
-    """Run every point that is not done yet; return how many were done, failed, skipped."""
-    spec, base = load_sweep(path)
+              on_progress: Callable[[Point, str], None] | None = None,
+              overrides: list[str] | None = None, seeds: int | None = None) -> SweepOutcome:
+    """Run every point that is not done yet; return how many were done, failed, skipped.
+    `overrides` and `seeds` as in `load_sweep`."""
+    spec, base = load_sweep(path, overrides, seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     outcome = SweepOutcome()

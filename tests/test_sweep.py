@@ -170,3 +170,21 @@ def test_killing_a_parallel_sweep_stops_its_runs_and_a_rerun_writes_each_round_o
     for metrics in out.glob("runs/*/metrics.jsonl"):
         assert [r["round"] for r in read_metrics(metrics.parent)] == list(range(rounds + 1))
 
+
+def test_dry_run_lists_and_checks_every_point_with_set_and_seeds(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsim.cli import app
+    from fedsim.sweep import load_sweep
+
+    path = write_sweep(tmp_path, SWEEP)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run",
+                                      "--seeds", "3", "--set", "rounds=3"])
+    assert result.exit_code == 0, result.output
+    assert "12 runs, every scenario valid" in result.output  # 2 x 2 points x 3 seeds
+    assert not out.exists()  # nothing ran
+    bad = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--set", "rounds=0"])
+    assert bad.exit_code == 2 and "rounds" in bad.output and "Traceback" not in bad.output
+    spec, base = load_sweep(path, ["rounds=3"], seeds=2)
+    assert (spec.set["rounds"], spec.seeds, base["rounds"]) == (3, [0, 1], 3)
