@@ -358,15 +358,13 @@ def plot_tiers(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
     for g, point in enumerate(groups):
         at = np.arange(len(tiers)) + (g - (len(groups) - 1) / 2) * width
         by_tier = {r["tier"]: r for r in rows if r["point"] == point}
-
-        def values(name: str) -> list[float]:
-            return [by_tier.get(t, {}).get(name, 0.0) for t in tiers]  # noqa: B023
-
-        bars = left.bar(at, values("participation"), width * 0.9, label=_legend(point))
+        values = {name: [by_tier.get(t, {}).get(name, 0.0) for t in tiers]
+                  for name in ("participation", "availability", "examples_share")}
+        bars = left.bar(at, values["participation"], width * 0.9, label=_legend(point))
         colour = bars[0].get_facecolor()
-        left.bar(at, values("availability"), width * 0.9, fill=False, hatch="//",
+        left.bar(at, values["availability"], width * 0.9, fill=False, hatch="//",
                  edgecolor=colour)
-        right.bar(at, values("examples_share"), width * 0.9, color=colour)
+        right.bar(at, values["examples_share"], width * 0.9, color=colour)
     for ax, title, label in (
             (left, "participation (filled) vs availability (hatched)", "share of device-rounds"),
             (right, "share of the aggregated examples", "share")):
@@ -375,7 +373,8 @@ def plot_tiers(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    right.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
+    right.legend(*left.get_legend_handles_labels(), fontsize=9, loc="upper left",
+                 bbox_to_anchor=(1.01, 1))
     fig.suptitle("devices by tier (means over seeds)", fontsize=11)
     fig.tight_layout()
     path = out_dir / "tiers.png"
