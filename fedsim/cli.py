@@ -163,7 +163,6 @@ def run(
     from fedsim.checks import CHECK_ERRORS, check_run
     from fedsim.results import (
         RunDirInUse,
-        RunWriter,
         clear_run_outputs,
         has_run_outputs,
         run_dir_lock,
@@ -202,7 +201,9 @@ def run(
         fail(f"{run_dir}: cannot write the run directory ({exc.strerror or exc})")
     if overwrite and resume is None:
         clear_run_outputs(run_dir)
-    writer = RunWriter(run_dir, plots=scenario.output.plots)
+    from fedsim.tracking import run_callbacks
+
+    writers = run_callbacks(scenario, run_dir)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=console, disable=quiet)
@@ -210,7 +211,7 @@ def run(
     try:
         with progress:
             bar = progress_bar(progress, expected_rounds(scenario))
-            result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir),
+            result = simulate(scenario, [*writers, bar], log_file=_log_file(run_dir),
                               run_dir=run_dir, resume=resume is not None)
     except (KeyboardInterrupt, Stopped) as exc:
         code = 143 if isinstance(exc, Stopped) else 130

@@ -277,15 +277,15 @@ def _die_with_parent() -> None:
 
 def _run_here(point: Point, run_dir: Path) -> bool:
     """One run in this process; an exception marks the point failed, nothing else."""
-    from fedsim.results import RunWriter
     from fedsim.runner import simulate
     from fedsim.scenario import load_scenario
+    from fedsim.tracking import run_callbacks
 
     _write_point(run_dir, point)
     try:
         scenario = load_scenario(run_dir / "scenario.yaml")
         with run_dir_lock(run_dir):
-            simulate(scenario, [RunWriter(run_dir, plots=scenario.output.plots)],
+            simulate(scenario, run_callbacks(scenario, run_dir),
                      log_file=run_dir / "flower.log")
     except Exception as exc:  # a failed point must not stop the sweep
         (run_dir / "error.txt").write_text(
