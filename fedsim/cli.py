@@ -456,8 +456,15 @@ def sweep(
                           "would; run nothing.")] = False,
 ) -> None:
     """Run every (point, seed) of a sweep; finished runs are skipped, so it resumes."""
-    from fedsim.report import collect, write_report
-    from fedsim.sweep import check_sweep, expand, load_sweep, run_state, run_sweep
+    from fedsim.report import collect, sweep_tuning, write_report
+    from fedsim.sweep import (
+        check_sweep,
+        expand,
+        load_sweep,
+        run_state,
+        run_sweep,
+        tuning_points,
+    )
 
     try:
         spec, points = (check_sweep(sweep_file, overrides, seeds) if dry_run else
@@ -468,9 +475,10 @@ def sweep(
     if dry_run:
         show_table([(p.label, str(p.seed), run_state(out_dir / "runs" / p.dirname))
                     for p in points], header=("point", "seed", "state"))
-        say(f"{len(points)} runs, every scenario valid -> {out_dir}")
+        tuning = f" (+ {len(tuning_points(spec))} tuning runs)" if spec.tune else ""
+        say(f"{len(points)} runs{tuning}, every scenario valid -> {out_dir}")
         return
-    total = len(expand(spec))
+    total = len(expand(spec)) + len(tuning_points(spec))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
     with progress:
@@ -479,13 +487,16 @@ def sweep(
         def advance(point: Any, state: str) -> None:
             progress.update(bar, advance=1, status=f"{point.dirname}: {state}")
 
-        outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance, overrides,
-                            seeds)
+        try:
+            outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance,
+                                overrides, seeds)
+        except ScenarioError as exc:
+            fail(str(exc))
     say(f"{outcome.done} run, {outcome.skipped} skipped (done before), "
         f"{outcome.failed} failed -> {out_dir}")
     if report_too:
         paths = write_report(collect([out_dir / "runs"]), out_dir / "report",
-                             spec.target_accuracy)
+                             spec.target_accuracy, tuning=sweep_tuning([out_dir]))
         say(f"report: {paths['md']}")
 
 
@@ -510,7 +521,7 @@ def report(
     checkpoint). The printed table is the written file verbatim (never wrapped), so
     `fedsim report DIR --format json | jq` and `--format csv > t.csv` work.
     """
-    from fedsim.report import collect, default_metric, sweep_target, write_report
+    from fedsim.report import collect, default_metric, sweep_target, sweep_tuning, write_report
 
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -527,7 +538,7 @@ def report(
              f"{', '.join(sorted(k for k in recorded if k != 'round'))})")
     if target is None and key == "accuracy":
         target = sweep_target(paths)
-    written = write_report(runs, out, target, key)
+    written = write_report(runs, out, target, key, sweep_tuning(paths))
     sys.stdout.write(written[fmt].read_text())
     sys.stdout.flush()
 

@@ -18,6 +18,7 @@ import hashlib
 import html
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,26 @@ def collect(paths: list[Path]) -> list[RunData]:
     return runs
 
 
+def _sweep_file(paths: list[Path], name: str) -> Path | None:
+    """A file the sweep a report is made of wrote beside its `runs/`, if any."""
+    for path in paths:
+        for candidate in (path / name, path.parent / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def sweep_target(paths: list[Path]) -> float | None:
     """The `target_accuracy` of the sweep a report is made of (its `sweep.yaml`), if any."""
-    for path in paths:
-        for candidate in (path / "sweep.yaml", path.parent / "sweep.yaml"):
-            if candidate.is_file():
-                target = (yaml.safe_load(candidate.read_text()) or {}).get("target_accuracy")
-                if target is not None:
-                    return float(target)
-    return None
+    found = _sweep_file(paths, "sweep.yaml")
+    target = (yaml.safe_load(found.read_text()) or {}).get("target_accuracy") if found else None
+    return None if target is None else float(target)
+
+
+def sweep_tuning(paths: list[Path]) -> list[dict[str, Any]]:
+    """The sweep's tuning choices (`tuning.json`, written by `fedsim sweep` with `tune`)."""
+    found = _sweep_file(paths, "tuning.json")
+    return json.loads(found.read_text()) if found else []
 
 
 def _load(run_dir: Path) -> RunData:
@@ -475,8 +487,10 @@ def latex_table(header: list[str], body: list[list[str]], caption: str) -> str:
 
 
 def write_report(runs: list[RunData], out_dir: Path, target: float | None = None,
-                 metric: str | None = None) -> dict[str, Path]:
-    """report.md, report.html, table.tex, table.csv, table.json, tiers.csv and the PNGs."""
+                 metric: str | None = None, tuning: Sequence[dict[str, Any]] = ()
+                 ) -> dict[str, Path]:
+    """report.md, report.html, table.tex, table.csv, table.json, tiers.csv and the PNGs;
+    `tuning`: the sweep's tuned values (`sweep_tuning`), shown before the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     key = metric or default_metric(runs)
     rows = summarize(runs, target, key)
@@ -499,7 +513,15 @@ def write_report(runs: list[RunData], out_dir: Path, target: float | None = None
                      "to-target columns average the seeds that reached it; rounds to target "
                      f"are resolved to the evaluation interval (every {', '.join(every)} "
                      "rounds).")
+    tuned_header = ["point", "tuned", "chosen", "selected on", "mean score per value"]
+    tuned = [[t["point"], t["key"], str(t["chosen"]), t["selected_on"],
+              ", ".join(f"{v}: {s:.4f}" for v, s in t["scores"].items())] for t in tuning]
+    if tuning:
+        notes.append(f"Each point ran with the {tuning[0]['key']} its tuning runs did best "
+                     "with on the validation set (table below).")
     md = [f"# Comparison report: {title}", "", *notes, "", *_md_table(header, body)]
+    if tuning:
+        md += ["", "## Tuning (on validation)", "", *_md_table(tuned_header, tuned)]
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
     if tiers:
         md += ["", "## Devices by tier", "", "Means over seeds; shares of the tier's "
@@ -522,6 +544,8 @@ def write_report(runs: list[RunData], out_dir: Path, target: float | None = None
         "<style>body{font-family:sans-serif}td,th{padding:4px 8px;border:1px solid #ccc}"
         f"table{{border-collapse:collapse}}</style><h1>{html.escape(title)}</h1>"
         + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + _html_table(header, body)
+        + (f"<h2>Tuning (on validation)</h2>{_html_table(tuned_header, tuned)}"
+           if tuning else "")
         + "".join(f"<p><img src='{p.name}'></p>" for p in plots)
         + (f"<h2>Devices by tier</h2>{_html_table(*_tier_table(tiers))}" if tiers else "")
         + (f"<p><img src='{tier_plot.name}'></p>" if tier_plot else "")

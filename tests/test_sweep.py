@@ -188,3 +188,20 @@ def test_dry_run_lists_and_checks_every_point_with_set_and_seeds(tmp_path):
     assert bad.exit_code == 2 and "rounds" in bad.output and "Traceback" not in bad.output
     spec, base = load_sweep(path, ["rounds=3"], seeds=2)
     assert (spec.set["rounds"], spec.seeds, base["rounds"]) == (3, [0, 1], 3)
+
+
+def test_tune_picks_each_points_value_on_validation_and_the_report_shows_it(tmp_path):
+    data = {"name": "tuned", "base": BASE, "grid": {"strategy.name": ["fedavg"]},
+            "seeds": [0], "tune": {"key": "training.lr", "values": [1e-4, 0.5]}}
+    out = tmp_path / "out"
+    outcome = run_sweep(write_sweep(tmp_path, data), out)
+    assert (outcome.done, outcome.failed) == (3, 0)  # two tuning runs, one comparison run
+    [choice] = json.loads((out / "tuning.json").read_text())
+    scores = choice["scores"]
+    assert choice["chosen"] == 0.5 and scores["0.5"] > scores["0.0001"]  # validation accuracy
+    [run] = collect([out / "runs"])
+    assert yaml.safe_load((run.run_dir / "resolved.yaml").read_text())["training"]["lr"] == 0.5
+    from fedsim.report import sweep_tuning
+
+    markdown = write_report([run], out / "report", tuning=sweep_tuning([out]))["md"].read_text()
+    assert "## Tuning (on validation)" in markdown and "| training.lr | 0.5 |" in markdown
