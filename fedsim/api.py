@@ -16,10 +16,11 @@ from fedsim.checks import CHECK_ERRORS, check_run
 from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import Scenario, scenario_to_dict
 from fedsim.files import apply_overrides, read_yaml
-from fedsim.results import RunWriter, clear_run_outputs, has_run_outputs, run_dir_lock
+from fedsim.results import clear_run_outputs, has_run_outputs, run_dir_lock
 from fedsim.runner import RunResult
 from fedsim.runner import simulate as simulate_scenario
 from fedsim.scenario import parse_scenario
+from fedsim.tracking import run_callbacks
 
 
 def simulate(scenario: Scenario | Mapping[str, Any] | str | Path, *,
@@ -60,7 +61,7 @@ def simulate(scenario: Scenario | Mapping[str, Any] | str | Path, *,
                 raise ScenarioError(f"out: {run_dir} holds an earlier run; pass overwrite=True "
                                     "or name another directory")
             clear_run_outputs(run_dir)
-        return simulate_scenario(resolved, [RunWriter(run_dir, resolved.output.plots)],
+        return simulate_scenario(resolved, run_callbacks(resolved, run_dir),
                                  log_file=run_dir / "flower.log", run_dir=run_dir)
 
 

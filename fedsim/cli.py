@@ -163,7 +163,6 @@ def run(
     from fedsim.checks import CHECK_ERRORS, check_run
     from fedsim.results import (
         RunDirInUse,
-        RunWriter,
         clear_run_outputs,
         has_run_outputs,
         run_dir_lock,
@@ -202,7 +201,9 @@ def run(
         fail(f"{run_dir}: cannot write the run directory ({exc.strerror or exc})")
     if overwrite and resume is None:
         clear_run_outputs(run_dir)
-    writer = RunWriter(run_dir, plots=scenario.output.plots)
+    from fedsim.tracking import run_callbacks
+
+    writers = run_callbacks(scenario, run_dir)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=console, disable=quiet)
@@ -210,7 +211,7 @@ def run(
     try:
         with progress:
             bar = progress_bar(progress, expected_rounds(scenario))
-            result = simulate(scenario, [writer, bar], log_file=_log_file(run_dir),
+            result = simulate(scenario, [*writers, bar], log_file=_log_file(run_dir),
                               run_dir=run_dir, resume=resume is not None)
     except (KeyboardInterrupt, Stopped) as exc:
         code = 143 if isinstance(exc, Stopped) else 130
@@ -267,8 +268,8 @@ def validate(
             if is_sweep(read_yaml(path)):
                 from fedsim.sweep import check_sweep
 
-                spec, runs = check_sweep(path, overrides)
-                say(f"ok  {path}: sweep {spec.name} ({runs} runs)")
+                spec, points = check_sweep(path, overrides)
+                say(f"ok  {path}: sweep {spec.name} ({len(points)} runs)")
                 continue
             scenario = load(path, overrides)
             from fedsim.checks import CHECK_ERRORS, check_run
@@ -444,17 +445,40 @@ def sweep(
     report_too: Annotated[bool, typer.Option("--report/--no-report",
                                              help="Write the comparison report at the end.")
                           ] = True,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Override a value of every point's scenario, e.g. --set rounds=3 "
+                            "(repeatable; joins the sweep's `set`).")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, help="Run seeds 0..N-1 instead of the sweep's seeds.", show_default=False)
+                     ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List every (point, seed) and check its scenario as `fedsim run` "
+                          "would; run nothing.")] = False,
 ) -> None:
     """Run every (point, seed) of a sweep; finished runs are skipped, so it resumes."""
-    from fedsim.report import collect, write_report
-    from fedsim.sweep import expand, load_sweep, run_sweep
+    from fedsim.report import collect, sweep_tuning, write_report
+    from fedsim.sweep import (
+        check_sweep,
+        expand,
+        load_sweep,
+        run_state,
+        run_sweep,
+        tuning_points,
+    )
 
     try:
-        spec, _ = load_sweep(sweep_file)
+        spec, points = (check_sweep(sweep_file, overrides, seeds) if dry_run else
+                        (load_sweep(sweep_file, overrides, seeds)[0], []))
     except ScenarioError as exc:
         fail(str(exc))
     out_dir = out or Path("runs") / "sweeps" / spec.name
-    total = len(expand(spec))
+    if dry_run:
+        show_table([(p.label, str(p.seed), run_state(out_dir / "runs" / p.dirname))
+                    for p in points], header=("point", "seed", "state"))
+        tuning = f" (+ {len(tuning_points(spec))} tuning runs)" if spec.tune else ""
+        say(f"{len(points)} runs{tuning}, every scenario valid -> {out_dir}")
+        return
+    total = len(expand(spec)) + len(tuning_points(spec))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
     with progress:
@@ -463,11 +487,16 @@ def sweep(
         def advance(point: Any, state: str) -> None:
             progress.update(bar, advance=1, status=f"{point.dirname}: {state}")
 
-        outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance)
+        try:
+            outcome = run_sweep(sweep_file, out_dir, parallel, retry_failed, advance,
+                                overrides, seeds)
+        except ScenarioError as exc:
+            fail(str(exc))
     say(f"{outcome.done} run, {outcome.skipped} skipped (done before), "
         f"{outcome.failed} failed -> {out_dir}")
     if report_too:
-        paths = write_report(collect([out_dir / "runs"]), out_dir / "report", spec.target_accuracy)
+        paths = write_report(collect([out_dir / "runs"]), out_dir / "report",
+                             spec.target_accuracy, tuning=sweep_tuning([out_dir]))
         say(f"report: {paths['md']}")
 
 
@@ -476,31 +505,41 @@ def report(
     paths: Annotated[list[Path], typer.Argument(help="Run or sweep directories.",
                                                 show_default=False)],
     out: Annotated[Path, typer.Option(help="Where to write the report.")] = Path("report"),
-    target: Annotated[float | None, typer.Option(help="Target accuracy for time-to-target.")
-                      ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Also print the table: md, csv or json.")
-                   ] = "md",
+    target: Annotated[float | None, typer.Option(
+        help="Target value of the metric for the to-target columns (default: a sweep's "
+             "target_accuracy, for accuracy).", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="Recorded metric to compare (default: accuracy, else loss); higher is better "
+             "for names with acc/auc/f1/precision/recall, lower for any other.",
+        show_default=False)] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="Also print the table: md, csv, json or tex (LaTeX).")] = "md",
 ) -> None:
-    """Compare runs: mean +- std over seeds, time and bytes to target, curves with bands.
+    """Compare runs: mean ± sample std over seeds, time and bytes to target, curves with bands.
 
-    The printed table is the written file verbatim (never wrapped), so
+    Runs are grouped by their resolved scenario (without seed, name, output, backend and
+    checkpoint). The printed table is the written file verbatim (never wrapped), so
     `fedsim report DIR --format json | jq` and `--format csv > t.csv` work.
     """
-    from fedsim.report import collect, summarize, table_csv, write_report
+    from fedsim.report import collect, default_metric, sweep_target, sweep_tuning, write_report
 
     missing = [p for p in paths if not p.exists()]
     if missing:
         fail(f"{missing[0]}: no such run or sweep directory")
-    if fmt not in ("md", "csv", "json"):
-        fail(f"--format {fmt!r}: use md, csv or json")
+    if fmt not in ("md", "csv", "json", "tex"):
+        fail(f"--format {fmt!r}: use md, csv, json or tex")
     runs = collect(paths)
     if not runs:
         fail(f"no runs found under {', '.join(map(str, paths))} (a run directory has summary.json)")
-    written = write_report(runs, out, target)
-    if fmt == "csv":
-        sys.stdout.write(table_csv(summarize(runs, target)))
-    else:
-        sys.stdout.write(written[fmt].read_text())
+    key = metric or default_metric(runs)
+    recorded = {k for run in runs for r in run.records for k in r}
+    if metric is not None and metric not in recorded:
+        fail(f"--metric {metric}: no run recorded it (recorded: "
+             f"{', '.join(sorted(k for k in recorded if k != 'round'))})")
+    if target is None and key == "accuracy":
+        target = sweep_target(paths)
+    written = write_report(runs, out, target, key, sweep_tuning(paths))
+    sys.stdout.write(written[fmt].read_text())
     sys.stdout.flush()
 
 

@@ -60,18 +60,23 @@ def load_yaml(text: str, source: str) -> Any:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `--set a.b=value` overrides; values are parsed as YAML (numbers, lists...)."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=5")
-        if len(raw) > MAX_FILE_BYTES:
-            raise ScenarioError(f"--set {key.strip()}: the value is longer than "
-                                f"{MAX_FILE_BYTES} characters")
-        value = load_yaml(raw, f"--set {key.strip()}")
+        key, value = parse_override(item)
         try:
-            set_path(data, key.strip(), value)
+            set_path(data, key, value)
         except (IndexError, ValueError, TypeError, AttributeError) as exc:
-            raise ScenarioError(f"--set {item!r}: cannot set {key.strip()}: {exc}") from None
+            raise ScenarioError(f"--set {item!r}: cannot set {key}: {exc}") from None
     return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` as (dotted key, value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=5")
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScenarioError(f"--set {key.strip()}: the value is longer than "
+                            f"{MAX_FILE_BYTES} characters")
+    return key.strip(), load_yaml(raw, f"--set {key.strip()}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -78,6 +78,8 @@ class RunResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     arrays: ArrayRecord | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # SimGrid's per-node records
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # its sampled events
 
 
 def run_config(scenario: Scenario) -> dict[str, Any]:
@@ -113,7 +115,7 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
         task, devices = prepared.result()
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
                        Run.create_empty(RUN_ID), deadline_s=scenario.deadline_s,
-                       **_work_rule(scenario))
+                       timeline_nodes=scenario.output.timeline_nodes, **_work_rule(scenario))
         if task is None:  # a Flower app: its ClientApp loads its own data
             with _waiting_in_virtual_time(grid), flower_log_to(log_file):
                 return run_app(scenario, grid, callbacks)
@@ -166,7 +168,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
         driven, evaluate_fn = loop, loop.end_of_round
     with _reported_to(callbacks):
         final = _drive(driven, grid, arrays, num_rounds, timeout, evaluate_fn, scenario)
-    return _finished(RunResult(scenario, recorder.records, final, recorder.summary()), callbacks)
+    return _finished(recorder.result(final), callbacks)
 
 
 def run_app(scenario: Scenario, grid: SimGrid, callbacks: Sequence[Callback] = ()) -> RunResult:
@@ -201,8 +203,7 @@ def run_app(scenario: Scenario, grid: SimGrid, callbacks: Sequence[Callback] = (
             raise AppFailed(f"the app's ServerApp ({app.server}) raised "
                             f"{type(exc).__name__}: {exc} (traceback in the run's "
                             "flower.log)") from exc
-    return _finished(RunResult(scenario, recorder.records, recorder.arrays, recorder.summary()),
-                     callbacks)
+    return _finished(recorder.result(recorder.arrays), callbacks)
 
 
 @contextlib.contextmanager
@@ -218,6 +219,8 @@ def _reported_to(callbacks: Sequence[Callback]) -> Iterator[None]:
 
 def _finished(run: RunResult, callbacks: Sequence[Callback]) -> RunResult:
     for callback in callbacks:
+        if run.nodes:
+            callback.on_devices(run.nodes, run.timeline)
         callback.on_run_end(run.summary, run.arrays)
     return run
 
@@ -331,8 +334,9 @@ class _FlowerLoop(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
+        replies = list(replies)
         metrics = self.strategy.aggregate_evaluate(server_round + self.offset, replies)
-        self.recorder.evaluated(metrics)
+        self.recorder.evaluated(metrics, replies)
         return metrics
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -387,19 +391,24 @@ class _RoundRecorder:
         self._train: dict[str, float] = {}
         self._federated: dict[str, float] = {}
         self._on_server: dict[str, float] = {}
+        self._federated_by_tier: dict[str, dict[str, float]] = {}  # the last evaluation's
         self._started = time.perf_counter()
         self.first_client_error = ""
         if task is not None:
             self._model = task.make_model()
             self._test = task.test_data(None)
+            self._validation = task.validation_data()
 
     def trained(self, server_round: int, metrics: MetricRecord | None) -> None:
         """The round's aggregated train metrics (called before its `end_of_round`)."""
         self._train = _floats(metrics)
 
-    def evaluated(self, metrics: MetricRecord | None) -> None:
-        """The round's aggregated federated-evaluation metrics."""
+    def evaluated(self, metrics: MetricRecord | None, replies: Sequence[Message] = ()) -> None:
+        """The round's aggregated federated-evaluation metrics; on SimGrid, `replies` give
+        each tier's own (examples-weighted) means."""
         self._federated = _floats(metrics)
+        if isinstance(self.grid, SimGrid) and replies:
+            self._federated_by_tier = _by_tier(self.grid, replies)
 
     def evaluated_on_server(self, metrics: MetricRecord | None) -> None:
         """What a foreign app's own `evaluate_fn` returned for the round."""
@@ -428,8 +437,12 @@ class _RoundRecorder:
         evaluated: dict[str, float] = {}
         if self.task is not None and every and (server_round % every == 0
                                                 or server_round == self.scenario.rounds):
-            evaluated = self.task.evaluate(arrays_to_model(self._model, arrays), self._test)
+            model = arrays_to_model(self._model, arrays)
+            evaluated = self.task.evaluate(model, self._test)
             record.update(evaluated)
+            if self._validation is not None:
+                record.update({f"val_{k}": v for k, v in
+                               self.task.evaluate(model, self._validation).items()})
         record.update(_named_for_the_record(self._on_server, taken=record))
         record.update(_named_for_the_record(self._train, taken=record))
         record.update({f"federated_{k}": v for k, v in self._federated.items()})
@@ -464,6 +477,14 @@ class _RoundRecorder:
             raise Diverged(f"round {server_round}: {what}; strategy "
                            f"{self.scenario.algorithm!r} diverged (last finite round: {last})")
 
+    def result(self, arrays: ArrayRecord | None) -> RunResult:
+        """The run's records, final arrays and summary; on SimGrid its per-node records
+        and timeline."""
+        run = RunResult(self.scenario, self.records, arrays, self.summary())
+        if isinstance(self.grid, SimGrid):
+            run.nodes, run.timeline = self.grid.node_records(), self.grid.timeline_records()
+        return run
+
     def summary(self) -> dict[str, Any]:
         last = self.records[-1] if self.records else {}
         accuracies = [r["accuracy"] for r in self.records if "accuracy" in r]
@@ -482,9 +503,49 @@ class _RoundRecorder:
                 out[f"final_{key}"] = last[key]
         if accuracies:
             out["best_accuracy"] = max(accuracies)
+        out.update(best_on_validation(self.records))
         if self.first_client_error:
             out["first_client_error"] = self.first_client_error
+        if isinstance(self.grid, SimGrid):
+            out["tiers"] = self.grid.tier_records()
+            for tier, metrics in self._federated_by_tier.items():
+                out["tiers"][tier].update({f"federated_{k}": v for k, v in metrics.items()})
         return out
+
+
+def _by_tier(grid: SimGrid, replies: Sequence[Message]) -> dict[str, dict[str, float]]:
+    """Each tier's examples-weighted mean of every metric its nodes' replies carry."""
+    partitions = grid.partition_map()
+    sums: dict[str, dict[str, float]] = {}
+    weights: dict[str, float] = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        metrics = {k: float(v) for record in reply.content.metric_records.values()
+                   for k, v in record.items() if isinstance(v, int | float)}
+        weight = metrics.get("num-examples", 1.0)
+        node = partitions.partition_of(reply.metadata.src_node_id)
+        tier = grid.tier_names[int(grid.devices.tier_of[node])]
+        weights[tier] = weights.get(tier, 0.0) + weight
+        tier_sums = sums.setdefault(tier, {})
+        for key, value in metrics.items():
+            if key not in NOT_RECORDED:
+                tier_sums[key] = tier_sums.get(key, 0.0) + weight * value
+    return {tier: {k: v / weights[tier] for k, v in tier_sums.items()} if weights[tier] else {}
+            for tier, tier_sums in sums.items()}
+
+
+def best_on_validation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose model does best on the validation set (accuracy, else loss; the
+    first on a tie), with its test value: a "best" the test set did not choose."""
+    key = "accuracy" if any("val_accuracy" in r for r in records) else "loss"
+    rows = [r for r in records if f"val_{key}" in r and key in r]
+    if not rows:
+        return {}
+    sign = 1 if key == "accuracy" else -1
+    best = max(rows, key=lambda r: sign * r[f"val_{key}"])
+    return {"best_round": best["round"], f"best_val_{key}": best[f"val_{key}"],
+            f"test_{key}_at_best": best[key]}
 
 
 NOT_RECORDED = ("num-examples", WORK_KEY)

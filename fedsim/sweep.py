@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import itertools
 import json
+import math
 import re
 import signal
 import subprocess
@@ -31,13 +32,25 @@ from pydantic import Field, ValidationError, model_validator
 from fedsim.checks import CHECK_ERRORS, check_run
 from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import NAME_PATTERN, Spec, describe_error, scenario_to_dict
-from fedsim.files import apply_overrides, read_yaml, set_path
+from fedsim.files import apply_overrides, parse_override, read_yaml, set_path
 from fedsim.results import LOCK_FILE, RunDirInUse, run_dir_lock
 from fedsim.scenario import parse_scenario
 
 
+class TuneSpec(Spec):
+    """One hyper-parameter tuned for each point on the validation set before the comparison:
+    every value runs with the tuning seeds (in `tune/`); the point then runs with the value
+    whose runs did best on validation (mean of `best_val_accuracy`, else of `best_val_loss`),
+    so the test set plays no part in the choice."""
+
+    key: str = Field(description="the scenario key to tune, e.g. training.lr")
+    values: list[Any] = Field(min_length=2)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="seeds of the tuning runs")
+
+
 class SweepSpec(Spec):
-    """A sweep file: a base scenario, axes to vary, seeds."""
+    """A sweep file: a base scenario, axes to vary, seeds, optionally a tuned parameter."""
 
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'")
     base: Path | dict[str, Any] = Field(description="scenario file (relative to the sweep file) "
@@ -48,6 +61,7 @@ class SweepSpec(Spec):
         default_factory=list, description="groups of axes that vary together (equal lengths)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
+    tune: TuneSpec | None = None
 
     @model_validator(mode="after")
     def _axes(self) -> SweepSpec:
@@ -86,13 +100,24 @@ def _short(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
 
 
-def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """The sweep spec and its base scenario mapping (not yet validated)."""
+def load_sweep(path: Path, overrides: list[str] | None = None, seeds: int | None = None
+               ) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep spec and its base scenario mapping (not yet validated).
+
+    `overrides` (`--set KEY=VALUE`) join the sweep's `set` (after it: they win); `seeds`
+    replaces its seeds with 0..seeds-1. The spec returned records both.
+    """
     data = read_yaml(path)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(f"{path}: {describe_error(exc, SweepSpec)}") from None
+    changes: dict[str, Any] = {}
+    if overrides:
+        changes["set"] = {**spec.set, **dict(parse_override(o) for o in overrides)}
+    if seeds is not None:
+        changes["seeds"] = list(range(seeds))
+    spec = spec.model_copy(update=changes)
     if isinstance(spec.base, dict):
         base = copy.deepcopy(spec.base)
     else:
@@ -101,23 +126,23 @@ def load_sweep(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     return spec, base
 
 
-def check_sweep(path: Path, overrides: list[str] | None = None) -> tuple[SweepSpec, int]:
+def check_sweep(path: Path, overrides: list[str] | None = None, seeds: int | None = None
+                ) -> tuple[SweepSpec, list[Point]]:
     """Every (point, seed) of a sweep through the checks `fedsim run` does before training.
 
-    `overrides` apply to the base scenario, like the sweep's own `set`. Returns the
-    spec and the number of runs; the first bad point raises, naming the point.
+    `overrides` and `seeds` as in `load_sweep`. Returns the spec and its points; the first
+    bad point raises, naming the point.
     """
-    spec, base = load_sweep(path)
-    apply_overrides(base, overrides or [])
+    spec, base = load_sweep(path, overrides, seeds)
     points = expand(spec)
-    for point in points:
+    for point in points + tuning_points(spec):
         where = f"{path}: point {point.label}, seed {point.seed}"
         scenario = parse_scenario(point_scenario(base, point), source=where)
         try:
             check_run(scenario)
         except CHECK_ERRORS as exc:
             raise ScenarioError(f"{where}: {exc}") from None
-    return spec, len(points)
+    return spec, points
 
 
 def expand(spec: SweepSpec) -> list[Point]:
@@ -131,6 +156,47 @@ def expand(spec: SweepSpec) -> list[Point]:
                      for row in zip(*group.values(), strict=True)])
     combos = [tuple(itertools.chain.from_iterable(c)) for c in itertools.product(*axes)]
     return [Point(combo, seed) for combo in combos for seed in spec.seeds]
+
+
+def tuning_points(spec: SweepSpec) -> list[Point]:
+    """Every (point x tuned value x tuning seed) of a sweep with `tune`; none without."""
+    if spec.tune is None:
+        return []
+    combos = dict.fromkeys(p.overrides for p in expand(spec))
+    return [Point((*combo, (spec.tune.key, value)), seed) for combo in combos
+            for value in spec.tune.values for seed in spec.tune.seeds]
+
+
+def choose_tuned(spec: SweepSpec, tune_dir: Path) -> list[dict[str, Any]]:
+    """For each point, the tuned value whose runs did best on validation, with every value's
+    mean score; written to `tuning.json` beside `tune/`."""
+    assert spec.tune is not None
+    choices = []
+    for combo in dict.fromkeys(p.overrides for p in expand(spec)):
+        scores: dict[str, float] = {}
+        key = ""
+        for value in spec.tune.values:
+            values = []
+            for seed in spec.tune.seeds:
+                point = Point((*combo, (spec.tune.key, value)), seed)
+                summary_file = tune_dir / point.dirname / "summary.json"
+                summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+                key = key or next((k for k in ("best_val_accuracy", "best_val_loss")
+                                   if k in summary), "")
+                if key in summary and summary[key] is not None:
+                    values.append(float(summary[key]))
+            scores[json.dumps(value)] = sum(values) / len(values) if values else math.nan
+        finite = {v: s for v, s in scores.items() if math.isfinite(s)}
+        if not finite:
+            raise ScenarioError(f"tune: no tuning run of point {Point(combo, 0).label} "
+                                "recorded a validation metric (its task holds no validation "
+                                "set: task.validation_share, Task.validation_data)")
+        pick = (max if key == "best_val_accuracy" else min)(finite, key=finite.__getitem__)
+        choices.append({"point": Point(combo, 0).label, "key": spec.tune.key,
+                        "chosen": json.loads(pick), "selected_on": key,
+                        "scores": scores})
+    (tune_dir.parent / "tuning.json").write_text(json.dumps(choices, indent=2, default=str))
+    return choices
 
 
 def point_scenario(base: dict[str, Any], point: Point) -> dict[str, Any]:
@@ -157,15 +223,32 @@ class SweepOutcome:
 
 
 def run_sweep(path: Path, out: Path, parallel: int = 1, retry_failed: bool = False,
-              on_progress: Callable[[Point, str], None] | None = None) -> SweepOutcome:
-    """Run every point that is not done yet; return how many were done, failed, skipped."""
-    spec, base = load_sweep(path)
+              on_progress: Callable[[Point, str], None] | None = None,
+              overrides: list[str] | None = None, seeds: int | None = None) -> SweepOutcome:
+    """Run every point that is not done yet; return how many were done, failed, skipped.
+    `overrides` and `seeds` as in `load_sweep`."""
+    spec, base = load_sweep(path, overrides, seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     outcome = SweepOutcome()
+    points = expand(spec)
+    if spec.tune is not None:  # the tuning runs first; each point then uses its chosen value
+        _run_points(tuning_points(spec), base, out / "tune", parallel, retry_failed,
+                    on_progress, outcome)
+        chosen = {c["point"]: c["chosen"] for c in choose_tuned(spec, out / "tune")}
+        points = [Point((*p.overrides, (spec.tune.key, chosen[p.label])), p.seed)
+                  for p in points]
+    _run_points(points, base, out / "runs", parallel, retry_failed, on_progress, outcome)
+    return outcome
+
+
+def _run_points(points: list[Point], base: dict[str, Any], runs_dir: Path, parallel: int,
+                retry_failed: bool, on_progress: Callable[[Point, str], None] | None,
+                outcome: SweepOutcome) -> None:
+    """Run the points not done yet in `runs_dir`, counting them in `outcome`."""
     pending: list[tuple[Point, Path]] = []
-    for point in expand(spec):
-        run_dir = out / "runs" / point.dirname
+    for point in points:
+        run_dir = runs_dir / point.dirname
         state = run_state(run_dir)
         if state == "done" or (state == "failed" and not retry_failed):
             outcome.skipped += 1
@@ -196,7 +279,6 @@ def run_sweep(path: Path, out: Path, parallel: int = 1, retry_failed: bool = Fal
         outcome.failed += not ok
         if on_progress:
             on_progress(point, "done" if ok else "failed")
-    return outcome
 
 
 def _reset(run_dir: Path) -> None:
@@ -264,15 +346,15 @@ def _die_with_parent() -> None:
 
 def _run_here(point: Point, run_dir: Path) -> bool:
     """One run in this process; an exception marks the point failed, nothing else."""
-    from fedsim.results import RunWriter
     from fedsim.runner import simulate
     from fedsim.scenario import load_scenario
+    from fedsim.tracking import run_callbacks
 
     _write_point(run_dir, point)
     try:
         scenario = load_scenario(run_dir / "scenario.yaml")
         with run_dir_lock(run_dir):
-            simulate(scenario, [RunWriter(run_dir, plots=scenario.output.plots)],
+            simulate(scenario, run_callbacks(scenario, run_dir),
                      log_file=run_dir / "flower.log")
     except Exception as exc:  # a failed point must not stop the sweep
         (run_dir / "error.txt").write_text(

@@ -396,7 +396,7 @@ class GradientCodingGD(GradientMaster, OwnLoop, FedAvg):
                 if not message.has_error():
                     arrived.append(partitions.partition_of(message.metadata.src_node_id))
                     by_worker[arrived[-1]] = message
-        self._services.count_stragglers(len(pending))
+        self._services.count_stragglers(list(pending.values()))
         used = sorted(self.used(arrived))
         return [by_worker[w] for w in used], len(messages) - len(used)
 

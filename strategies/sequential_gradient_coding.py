@@ -723,7 +723,7 @@ class SequentialGradientCodingGD(GradientMaster, OwnLoop, FedAvg):
                     batch := clock.wait_for_replies(grid, list(pending.values()))):
                 book(batch)
             stragglers = stop.stragglers | (busy & ~np.isin(np.arange(scheme.n), list(arrived)))
-        services.count_stragglers(len(pending))
+        services.count_stragglers(list(pending.values()))
         self._delivered[r] = scheme.deliver(tasks, stragglers)
         self._history = np.vstack([self._history, stragglers])
         self._round_assignments = by_worker

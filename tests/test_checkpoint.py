@@ -173,6 +173,9 @@ def test_in_process_resume_from_last_checkpoint_matches(tmp_path: Path) -> None:
     assert straight.arrays is not None and resumed.arrays is not None
     for key in straight.arrays:
         assert (straight.arrays[key].numpy() == resumed.arrays[key].numpy()).all()
+    # what each device did before the checkpoint is kept: per-node records, tiers, timeline
+    assert resumed.nodes == straight.nodes and resumed.timeline == straight.timeline
+    assert resumed.summary["tiers"] == straight.summary["tiers"]
 
 
 # Strategies with their own loop (time-driven, coded, decentralized) and the server-state

@@ -134,3 +134,24 @@ def test_report_on_a_truncated_run_lists_it_as_unreadable_in_standard_json(tmp_p
     assert result.exit_code == 0, result.output
     [row] = _strict_json(result.output)
     assert row["failed"] == 1 and row["errors"].startswith("unreadable run directory")
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_argument_and_option_of_every_command_has_help_that_is_shown():
+    import typer
+
+    for path, command in _commands(typer.main.get_command(app)):
+        help_text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        shown = " ".join(help_text.replace("│", " ").split())  # words wrapped in rich's panels
+        for param in command.params:
+            assert param.help, f"fedsim {' '.join(path)}: {param.name} has no help"
+            assert " ".join(param.help.split())[:30] in shown, (path, param.name)

@@ -17,6 +17,7 @@ from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import ChannelSpec, ClientsSpec, LinkSpec
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.grid import SimGrid
+from fedsim.engine.ledger import COLUMN
 from fedsim.engine.links import gossip_over_links
 from fedsim.runner import simulate
 from strategies.decentralized import DPSGD
@@ -199,7 +200,9 @@ def test_gossip_bytes_are_q_deg_model_bytes_per_node():
     grid = _sim_grid(5, LinkSpec())
     gossip_over_links(grid, np.zeros((5, 5)), mixing_matrix(G), np.ones(5, bool), q, 1, nbytes)
     for node, degree in G.degree():
-        assert grid.stats.bytes_by_node[node] == [q * degree * nbytes] * 2
+        counters = grid.stats.by_node[node]
+        assert [counters[COLUMN["bytes_up"]], counters[COLUMN["bytes_down"]]] \
+            == [q * degree * nbytes] * 2
 
 
 def test_gossip_bytes_counted_through_the_strategy():

@@ -8,6 +8,7 @@ own simulation of the same app.
 
 from __future__ import annotations
 
+import csv
 import functools
 import importlib.util
 import inspect
@@ -76,7 +77,12 @@ def test_the_example_app_on_coming_and_going_straggling_phones(tmp_path, monkeyp
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["strategy"] == "fedsim_example_app.server_app:app"
     assert summary["total_stragglers"] > 0
-    assert (tmp_path / "run" / "accuracy.png").is_file()
+    assert (tmp_path / "run" / "federated_eval_acc.png").is_file()  # the app's own name
+    with (tmp_path / "run" / "nodes.csv").open() as f:  # per-device records without a task
+        nodes = list(csv.DictReader(f))
+    assert sum(int(n["sent"]) for n in nodes) == sum(r["sent"] for r in rounds)
+    assert set(summary["tiers"]) == {n["tier"] for n in nodes} | set(summary["tiers"])
+    assert json.loads((tmp_path / "run" / "timeline.json").read_text())["traceEvents"]
     assert (tmp_path / "run" / "model.npz").is_file()
 
 

@@ -121,7 +121,7 @@ def test_an_invalid_point_and_a_raising_run_fail_alone(tmp_path):
     runs = {r.group: r for r in collect([out / "runs"])}
     invalid = next(r for g, r in runs.items() if "clients.count=-1" in g)
     assert "clients.count" in invalid.error
-    stalled = next(r for g, r in runs.items() if "min_train_nodes" in g)
+    stalled = next(r for r in runs.values() if "min_train_nodes" in json.dumps(r.overrides))
     assert "min_train_nodes" in stalled.error
     paths = write_report(list(runs.values()), out / "report")
     markdown = paths["md"].read_text()
@@ -169,3 +169,39 @@ def test_killing_a_parallel_sweep_stops_its_runs_and_a_rerun_writes_each_round_o
     assert outcome.done + outcome.skipped == 2 and outcome.failed == 0
     for metrics in out.glob("runs/*/metrics.jsonl"):
         assert [r["round"] for r in read_metrics(metrics.parent)] == list(range(rounds + 1))
+
+
+def test_dry_run_lists_and_checks_every_point_with_set_and_seeds(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsim.cli import app
+    from fedsim.sweep import load_sweep
+
+    path = write_sweep(tmp_path, SWEEP)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run",
+                                      "--seeds", "3", "--set", "rounds=3"])
+    assert result.exit_code == 0, result.output
+    assert "12 runs, every scenario valid" in result.output  # 2 x 2 points x 3 seeds
+    assert not out.exists()  # nothing ran
+    bad = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--set", "rounds=0"])
+    assert bad.exit_code == 2 and "rounds" in bad.output and "Traceback" not in bad.output
+    spec, base = load_sweep(path, ["rounds=3"], seeds=2)
+    assert (spec.set["rounds"], spec.seeds, base["rounds"]) == (3, [0, 1], 3)
+
+
+def test_tune_picks_each_points_value_on_validation_and_the_report_shows_it(tmp_path):
+    data = {"name": "tuned", "base": BASE, "grid": {"strategy.name": ["fedavg"]},
+            "seeds": [0], "tune": {"key": "training.lr", "values": [1e-4, 0.5]}}
+    out = tmp_path / "out"
+    outcome = run_sweep(write_sweep(tmp_path, data), out)
+    assert (outcome.done, outcome.failed) == (3, 0)  # two tuning runs, one comparison run
+    [choice] = json.loads((out / "tuning.json").read_text())
+    scores = choice["scores"]
+    assert choice["chosen"] == 0.5 and scores["0.5"] > scores["0.0001"]  # validation accuracy
+    [run] = collect([out / "runs"])
+    assert yaml.safe_load((run.run_dir / "resolved.yaml").read_text())["training"]["lr"] == 0.5
+    from fedsim.report import sweep_tuning
+
+    markdown = write_report([run], out / "report", tuning=sweep_tuning([out]))["md"].read_text()
+    assert "## Tuning (on validation)" in markdown and "| training.lr | 0.5 |" in markdown

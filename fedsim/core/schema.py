@@ -263,6 +263,9 @@ class TaskSpec(Spec):
     name: str = "digits"
     model: str | None = None
     partition: PartitionSpec = PartitionSpec()
+    validation_share: float = Field(
+        default=0.1, ge=0, lt=1, description="share of the training data the server holds "
+        "out as its validation set, for tasks that hold one out (`Task.validation_data`)")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -308,9 +311,22 @@ class EvaluationSpec(Spec):
                                      "nodes evaluate is the strategy's fraction_evaluate")
 
 
+class MlflowSpec(Spec):
+    tracking_uri: str = Field(description="where MLflow keeps runs, e.g. a folder "
+                              "(`file:./mlruns`) or a tracking server's http(s) URL")
+    experiment: str = "fedsim"
+
+
 class OutputSpec(Spec):
     dir: Path = Path("runs")
     plots: bool = True
+    timeline_nodes: int = Field(
+        default=32, ge=0, le=10_000, description="devices whose events timeline.json and "
+        "timeline.png show (0: no timeline); sampled evenly within each tier when there are more")
+    tensorboard: bool = Field(default=False, description="log every round's metrics and the "
+                              "scenario to RUN_DIR/tensorboard (needs `tensorboard`)")
+    mlflow: MlflowSpec | None = Field(default=None, description="log every round's metrics "
+                                      "and the scenario to MLflow (needs `mlflow-skinny`)")
 
 
 class CheckpointSpec(Spec):

@@ -9,7 +9,7 @@ never does arithmetic on an id. Everything else that depends on the grid goes th
 - `clock()`: virtual on a simulated grid, the wall clock deployed;
 - `gossip(...)`: node-to-node exchanges for decentralized strategies, played over the
   simulated links (time, loss, noise, bytes) or relayed through the server when deployed;
-- `count_stragglers(n)`: replies a strategy stopped waiting for; a deployed grid keeps no
+- `count_stragglers(message_ids)`: replies a strategy stopped waiting for; a deployed grid keeps no
   such counter, so there it is a no-op and the run's summary has no straggler count.
 
 `DeployedServices.query(grid)` learns the partition map on any grid by asking every node
@@ -107,8 +107,8 @@ class GridServices(ABC):
         """
 
     @abstractmethod
-    def count_stragglers(self, n: int) -> None:
-        """Record `n` replies the strategy stopped waiting for."""
+    def count_stragglers(self, message_ids: Sequence[str]) -> None:
+        """Record the replies the strategy stopped waiting for (it never pulls them)."""
 
 
 class DeployedServices(GridServices):
@@ -148,7 +148,7 @@ class DeployedServices(GridServices):
         exchanges = steps * int(talks.sum())
         return mixed, GossipReport(0.0, exchanges, 0, exchanges * model_nbytes)
 
-    def count_stragglers(self, n: int) -> None:
+    def count_stragglers(self, message_ids: Sequence[str]) -> None:
         """A deployed grid keeps no straggler counter."""
 
 

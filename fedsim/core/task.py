@@ -101,6 +101,13 @@ class Task(ABC):
     def test_data(self, partition_id: int | None = None) -> Dataset:
         """A client's held-out data, or the server's test set for `None`."""
 
+    def validation_data(self) -> Dataset | None:
+        """The server's validation set: `spec.validation_share` of the training data, held
+        out before it is partitioned, so that "best" is selected (and hyper-parameters tuned)
+        on it and the test set is only reported. None: this task holds none out (the default;
+        problems defined by all their data, such as `quadratic` or `logreg`)."""
+        return None
+
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(model(x), y)
 

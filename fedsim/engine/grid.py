@@ -42,7 +42,23 @@ from fedsim.core.seeding import int_seed, rng
 from fedsim.core.services import PartitionMap
 from fedsim.engine.channel import add_noise, is_lost
 from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.ledger import (
+    COLUMN,
+    COLUMNS,
+    NodeLedger,
+    Timeline,
+    node_rows,
+    tier_labels,
+    tier_summary,
+    timeline_rows,
+    timeline_sample,
+)
 from fedsim.engine.pool import Job, JobResult, Pool, error_reply
+
+SENT, COMPLETED, STRAGGLED, FAILED, DROPPED = (COLUMN[c] for c in (
+    "sent", "completed", "straggled", "failed", "dropped"))
+BYTES_UP, BYTES_DOWN, COMPUTE_S, TRANSFER_S, EXAMPLES = (COLUMN[c] for c in (
+    "bytes_up", "bytes_down", "compute_s", "transfer_s", "examples"))
 
 EVAL_COST = 1 / 3
 """Cost of evaluating one sample relative to training on it (forward pass only)."""
@@ -77,14 +93,14 @@ class RoundStats:
     first_client_error: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
-    bytes_by_node: dict[int, list[int]] = field(default_factory=dict)  # node -> [up, down]
+    by_node: dict[int, list[float]] = field(default_factory=dict)  # node -> `COLUMNS` values
 
-    def count_bytes(self, node: int, up: int = 0, down: int = 0) -> None:
-        self.bytes_up += up
-        self.bytes_down += down
-        counts = self.bytes_by_node.setdefault(node, [0, 0])
-        counts[0] += up
-        counts[1] += down
+    def node(self, node: int) -> list[float]:
+        """The node's counters this round (`fedsim.engine.ledger.COLUMNS`)."""
+        counters = self.by_node.get(node)
+        if counters is None:
+            counters = self.by_node[node] = [0.0] * len(COLUMNS)
+        return counters
 
     def as_metrics(self) -> dict[str, int]:
         return {"sent": self.sent, "replies": self.replies, "failures": self.failures,
@@ -97,6 +113,9 @@ class _InFlight:
     order: int
     arrival: float
     reply: Message
+    node: int
+    round: int  # the availability round the job was sent in
+    examples: float  # `num-examples` of a train reply (its FedAvg weight), else 0
 
 
 class SimGrid(Grid):
@@ -104,9 +123,11 @@ class SimGrid(Grid):
 
     def __init__(self, pool: Pool, devices: DevicePopulation, channel: ChannelSpec,
                  seed: int, run: Run, deadline_s: float | None = None,
-                 work_metric: str = WORK_KEY, train_epochs: float = 1.0) -> None:
+                 work_metric: str = WORK_KEY, train_epochs: float = 1.0,
+                 timeline_nodes: int = 0) -> None:
         """`work_metric` is the reply metric holding a job's samples of work; a reply
-        without it did `num-examples` x `train_epochs` (training) or x `EVAL_COST`."""
+        without it did `num-examples` x `train_epochs` (training) or x `EVAL_COST`.
+        `timeline_nodes`: how many devices' events the timeline keeps (0: none)."""
         self.pool = pool
         self.devices = devices
         self.channel = channel
@@ -122,6 +143,10 @@ class SimGrid(Grid):
         self._in_flight: dict[str, _InFlight] = {}
         self._pushed = 0
         self._jobs_this_round: dict[int, int] = {}
+        self._online: tuple[int, np.ndarray] | None = None  # (round, who is online)
+        self.ledger = NodeLedger.empty(devices.n)
+        self.timeline = Timeline(timeline_sample(devices.tier_of, timeline_nodes))
+        self.tier_names = tier_labels([tier.name for tier in devices.tiers])
 
     # ------------------------------------------------------------ Grid API
 
@@ -138,8 +163,13 @@ class SimGrid(Grid):
 
     def get_node_ids(self) -> list[int]:
         """Nodes online in the current round, in partition order."""
-        online = self.devices.available(self.round)
-        return self.node_ids[online].tolist()  # vectorised: 100k nodes in ~1 ms
+        return self.node_ids[self._online_now()].tolist()  # vectorised: 100k nodes in ~1 ms
+
+    def _online_now(self) -> np.ndarray:
+        """Who is online in the current availability round (drawn once per round)."""
+        if self._online is None or self._online[0] != self.round:
+            self._online = (self.round, self.devices.available(self.round))
+        return self._online[1]
 
     def partition_map(self) -> PartitionMap:
         """Which partition each node holds (the simulator knows it without asking)."""
@@ -156,6 +186,8 @@ class SimGrid(Grid):
             dispatch = self._dispatch(message)
             if dispatch.lost:
                 reply = error_reply(message, LOST_ON_DOWNLINK, "message lost on the downlink")
+                self.timeline.add("lost", dispatch.node, self.round, dispatch.start,
+                                  dispatch.start, message.metadata.message_type)
                 self._hold(dispatch, dispatch.start, reply)
                 continue
             if id(message.content) not in payload_index:
@@ -192,12 +224,19 @@ class SimGrid(Grid):
         key = (node, self.round, job_no)
         downlink = self.devices.downlink(node, self.channel.downlink)
         nbytes = payload_nbytes(message.content)
+        down_s = self.devices.job_time(node, self.channel, bytes_down=nbytes).down
         self.stats.sent += 1
-        self.stats.count_bytes(node, down=nbytes)
+        self.stats.bytes_down += nbytes
+        counters = self.stats.node(node)
+        counters[SENT] += 1
+        counters[BYTES_DOWN] += nbytes
+        counters[TRANSFER_S] += down_s
+        self.timeline.add("downlink", node, self.round, self.now, self.now + down_s,
+                          message.metadata.message_type)
         self._pushed += 1
         return _Dispatch(
             message=message, node=node, key=key, order=self._pushed,
-            start=self.now + self.devices.job_time(node, self.channel, bytes_down=nbytes).down,
+            start=self.now + down_s,
             lost=downlink.erasure_p > 0  # a generator costs ~50 us: only build one if used
             and is_lost(downlink, rng(self.seed, "downlink-loss", *key)),
             downlink_sigma=downlink.noise_sigma,
@@ -206,6 +245,7 @@ class SimGrid(Grid):
     def _complete(self, dispatch: _Dispatch, result: JobResult) -> None:
         """Turn a worker's result into a reply that arrives after compute and uplink."""
         message, node, key = dispatch.message, dispatch.node, dispatch.key
+        kind = message.metadata.message_type
         if result.content is None:
             self._hold(dispatch, dispatch.start,
                        error_reply(message, result.error_code, result.error_reason))
@@ -216,23 +256,36 @@ class SimGrid(Grid):
                                        slowdown=self.devices.slowdown(*key))
         dropped_at = self.devices.dropout_at(*key)
         if dropped_at is not None:
-            self._hold(dispatch, dispatch.start + dropped_at * timing.compute,
-                       error_reply(message, DROPPED_OUT, "device dropped out"))
+            gone = dispatch.start + dropped_at * timing.compute
+            self.stats.node(node)[COMPUTE_S] += gone - dispatch.start
+            self.timeline.add("compute", node, self.round, dispatch.start, gone, kind)
+            self.timeline.add("dropout", node, self.round, gone, gone, kind)
+            self._hold(dispatch, gone, error_reply(message, DROPPED_OUT, "device dropped out"))
             return
         uplink = self.devices.uplink(node, self.channel.uplink)
-        self.stats.count_bytes(node, up=nbytes)
-        arrival = dispatch.start + timing.compute + timing.up
+        self.stats.bytes_up += nbytes
+        counters = self.stats.node(node)
+        counters[BYTES_UP] += nbytes
+        counters[COMPUTE_S] += timing.compute
+        counters[TRANSFER_S] += timing.up
+        computed = dispatch.start + timing.compute
+        arrival = computed + timing.up
+        self.timeline.add("compute", node, self.round, dispatch.start, computed, kind)
+        self.timeline.add("uplink", node, self.round, computed, arrival, kind)
         if uplink.erasure_p > 0 and is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
             reply = error_reply(message, LOST_ON_UPLINK, "message lost on the uplink")
         else:
             noisy = result.content if uplink.noise_sigma == 0 else add_noise(
                 result.content, uplink.noise_sigma, rng(self.seed, "uplink-noise", *key))
             reply = Message(noisy, reply_to=message)
-        self._hold(dispatch, arrival, reply)
+        examples = (_reported(result.content, "num-examples") or 0.0
+                    if kind.startswith("train") else 0.0)
+        self._hold(dispatch, arrival, reply, examples)
 
-    def _hold(self, dispatch: _Dispatch, arrival: float, reply: Message) -> None:
+    def _hold(self, dispatch: _Dispatch, arrival: float, reply: Message,
+              examples: float = 0.0) -> None:
         self._in_flight[dispatch.message.metadata.message_id] = _InFlight(
-            dispatch.order, arrival, reply)
+            dispatch.order, arrival, reply, dispatch.node, dispatch.key[1], examples)
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         """Replies that have arrived by the current virtual time, in arrival order."""
@@ -241,12 +294,28 @@ class SimGrid(Grid):
         return [self._take(mid) for _, _, mid in sorted(arrived)]
 
     def _take(self, message_id: str) -> Message:
-        reply = self._in_flight.pop(message_id).reply
+        flight = self._in_flight.pop(message_id)
+        reply, node = flight.reply, flight.node
+        counters = self.stats.node(node)
         if reply.has_error():
             self.stats.failures += 1
+            counters[DROPPED if reply.error.code == DROPPED_OUT else FAILED] += 1
         else:
             self.stats.replies += 1
+            counters[COMPLETED] += 1
+            counters[EXAMPLES] += flight.examples
+            self.timeline.add("arrival", node, flight.round, flight.arrival, flight.arrival,
+                              reply.metadata.message_type)
         return reply
+
+    def _cut(self, message_ids: Iterable[str]) -> None:
+        """The server stops waiting for these replies: stragglers, booked at `now`."""
+        for mid in message_ids:
+            flight = self._in_flight.pop(mid)
+            self.stats.stragglers += 1
+            self.stats.node(flight.node)[STRAGGLED] += 1
+            self.timeline.add("straggler_cut", flight.node, flight.round, self.now, self.now,
+                              flight.reply.metadata.message_type)
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> list[Message]:
@@ -266,10 +335,7 @@ class SimGrid(Grid):
         on_time = [a for a in arrivals if a <= deadline]
         self.now = max(self.now, deadline if len(on_time) < len(arrivals) else max(arrivals))
         replies = [self._take(mid) for mid in ids if self._in_flight[mid].arrival <= self.now]
-        late = [mid for mid in ids if mid in self._in_flight]
-        for mid in late:
-            del self._in_flight[mid]
-        self.stats.stragglers += len(late)
+        self._cut([mid for mid in ids if mid in self._in_flight])
         return replies
 
     # ------------------------------------------------------------ virtual clock
@@ -279,16 +345,23 @@ class SimGrid(Grid):
         times = [f.arrival for mid in message_ids if (f := self._in_flight.get(mid))]
         return min(times) if times else None
 
-    def count_stragglers(self, n: int) -> None:
-        """Replies a strategy stopped waiting for (outside `send_and_receive`)."""
-        self.stats.stragglers += n
+    def count_stragglers(self, message_ids: Iterable[str]) -> None:
+        """Replies a strategy stopped waiting for (outside `send_and_receive`); they will
+        never be pulled."""
+        self._cut(message_ids)
 
     def record_exchanges(self, duration: float, bytes_by_node: dict[int, tuple[int, int]]
                          ) -> None:
         """Node-to-node exchanges (gossip) took `duration` virtual seconds and moved
         `bytes_by_node` (node -> (up, down)); counted in the round's stats."""
         for node, (up, down) in bytes_by_node.items():
-            self.stats.count_bytes(node, up=up, down=down)
+            self.stats.bytes_up += up
+            self.stats.bytes_down += down
+            counters = self.stats.node(node)
+            counters[BYTES_UP] += up
+            counters[BYTES_DOWN] += down
+            counters[TRANSFER_S] += duration
+            self.timeline.add("gossip", node, self.round, self.now, self.now + duration)
         self.advance_to(self.now + duration)
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -297,7 +370,8 @@ class SimGrid(Grid):
         return copy.deepcopy({
             "now": self.now, "round": self.round, "stats": self.stats,
             "in_flight": self._in_flight, "pushed": self._pushed,
-            "jobs_this_round": self._jobs_this_round})
+            "jobs_this_round": self._jobs_this_round, "ledger": self.ledger,
+            "timeline": self.timeline})
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """Put back what `checkpoint_state` returned."""
@@ -305,6 +379,7 @@ class SimGrid(Grid):
         self.now, self.round, self.stats = state["now"], state["round"], state["stats"]
         self._in_flight, self._pushed = state["in_flight"], state["pushed"]
         self._jobs_this_round = state["jobs_this_round"]
+        self.ledger, self.timeline = state["ledger"], state["timeline"]
 
     def client_states(self) -> Any:
         """Every node's Flower `Context.state` that holds anything, from the pool."""
@@ -328,15 +403,33 @@ class SimGrid(Grid):
     def idle(self, seconds: float) -> None:
         """The server waits: time passes and availability moves on, nothing is sent."""
         self.now += seconds
-        self.round += 1
-        self._jobs_this_round = {}
+        self._next_availability_round({})
 
     def end_round(self) -> RoundStats:
         """Close the current round's bookkeeping; availability moves to the next round."""
         stats, self.stats = self.stats, RoundStats()
+        self._next_availability_round(stats.by_node)
+        return stats
+
+    def _next_availability_round(self, by_node: dict[int, list[float]]) -> None:
+        """Book the closed round's per-node counters, who was online and who was sent a
+        job, then move on."""
+        self.ledger.close_round(by_node, self._online_now(), list(self._jobs_this_round))
         self.round += 1
         self._jobs_this_round = {}
-        return stats
+
+    def node_records(self) -> list[dict[str, Any]]:
+        """One row per node that took part in the recorded rounds: its tier, its jobs'
+        fates, bytes, seconds."""
+        return node_rows(self.ledger, self.devices.tier_of, self.tier_names)
+
+    def timeline_records(self) -> list[dict[str, Any]]:
+        """The sampled nodes' events, each with its node's tier."""
+        return timeline_rows(self.timeline, self.devices.tier_of, self.tier_names)
+
+    def tier_records(self) -> dict[str, dict[str, Any]]:
+        """Per tier: participation vs availability, fate rates, bytes, weight share."""
+        return tier_summary(self.ledger, self.devices.tier_of, self.tier_names)
 
 
 @dataclass
@@ -350,16 +443,24 @@ class _Dispatch:
     downlink_sigma: float
 
 
+def _reported(content: RecordDict, metric: str) -> float | None:
+    """The value of `metric` in the reply's first metric record that has it."""
+    for record in content.metric_records.values():
+        if metric in record:
+            return float(record[metric])  # type: ignore[arg-type]
+    return None
+
+
 def _reported_work(content: RecordDict, message_type: str, metric: str, epochs: float) -> float:
     """Samples of work the client reports in `metric`, else `num-examples` x `epochs`;
     evaluation costs `EVAL_COST` per sample."""
-    for record in content.metric_records.values():
-        if metric in record:
-            return float(record[metric])
-    for record in content.metric_records.values():
-        if "num-examples" in record:
-            scale = EVAL_COST if message_type.startswith("evaluate") else epochs
-            return float(record["num-examples"]) * scale
+    work = _reported(content, metric)
+    if work is not None:
+        return work
+    examples = _reported(content, "num-examples")
+    if examples is not None:
+        scale = EVAL_COST if message_type.startswith("evaluate") else epochs
+        return examples * scale
     return 0.0
 
 

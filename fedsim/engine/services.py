@@ -3,6 +3,8 @@ straggler counter, and the partition map SimGrid knows without sending anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fedsim.core.clock import Clock
@@ -28,5 +30,5 @@ class SimServices(GridServices):
         return gossip_over_links(self.grid, X, W, active, steps, round_, model_nbytes,
                                  on_missing, float_mask)
 
-    def count_stragglers(self, n: int) -> None:
-        self.grid.count_stragglers(n)
+    def count_stragglers(self, message_ids: Sequence[str]) -> None:
+        self.grid.count_stragglers(message_ids)

@@ -57,7 +57,8 @@ class DigitsTask(Task):
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
 
     @functools.cached_property
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """Train, test and validation (held out of train: `spec.validation_share`) arrays."""
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -66,11 +67,16 @@ class DigitsTask(Task):
         x_train, x_test, y_train, y_test = train_test_split(
             images, labels, test_size=self.params.test_fraction, stratify=labels,
             random_state=self.seed % 2**32)
-        return x_train, y_train, x_test, y_test
+        x_val, y_val = x_train[:0], y_train[:0]
+        if self.spec.validation_share:
+            x_train, x_val, y_train, y_val = train_test_split(
+                x_train, y_train, test_size=self.spec.validation_share, stratify=y_train,
+                random_state=self.seed % 2**32)
+        return x_train, y_train, x_test, y_test, x_val, y_val
 
     @functools.cached_property
     def _shards(self) -> list[np.ndarray]:
-        _, y_train, _, _ = self._arrays
+        y_train = self._arrays[1]
         return partition_indices(y_train, self.spec.partition, self.num_clients, self.seed)
 
     def _split(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,16 +88,20 @@ class DigitsTask(Task):
         return Dataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
 
     def train_data(self, partition_id: int) -> Dataset:
-        x, y, _, _ = self._arrays
+        x, y = self._arrays[:2]
         index = self._split(partition_id)[0]
         return self._dataset(x[index], y[index])
 
     def test_data(self, partition_id: int | None = None) -> Dataset:
-        x, y, x_test, y_test = self._arrays
+        x, y, x_test, y_test = self._arrays[:4]
         if partition_id is None:
             return self._dataset(x_test, y_test)
         index = self._split(partition_id)[1]
         return self._dataset(x[index], y[index])
+
+    def validation_data(self) -> Dataset | None:
+        x_val, y_val = self._arrays[4:]
+        return self._dataset(x_val, y_val) if len(y_val) else None
 
 
 TASKS = (DigitsTask,)
