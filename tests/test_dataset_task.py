@@ -215,3 +215,19 @@ def test_npz_files_load_without_pickle(tmp_path):
     np.savez(path, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
     with pytest.raises(ScenarioError, match=r"not a readable \.npz of plain arrays"):
         make_task(s).shared_data()
+
+
+@pytest.mark.parametrize("name", ["cifar10_dirichlet", "femnist_writers",
+                                  "shakespeare_speakers"])
+def test_paper_scenarios_validate_without_loading_any_data(name, monkeypatch):
+    from pathlib import Path
+
+    from fedsim.checks import check_run
+    from fedsim.scenario import load_scenario
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("validation loaded data")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_loading)
+    path = Path(__file__).parent.parent / "scenarios" / "paper" / f"{name}.yaml"
+    check_run(load_scenario(path))  # everything `fedsim validate` does

@@ -55,6 +55,12 @@ class Task(ABC):
         self.num_clients = num_clients
         self.seed = seed
 
+    @property
+    def downloads(self) -> bool:
+        """Whether loading the data may need the network (a hub dataset): `fedsim validate`
+        then checks the scenario without loading it."""
+        return False
+
     def check(self) -> None:
         """Checks of the scenario against this task that load no data (`fedsim validate`
         runs them; a failure is a `ScenarioError` naming the field). None by default."""

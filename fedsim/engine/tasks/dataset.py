@@ -88,6 +88,10 @@ class DatasetTask(Task):
     params: DatasetParams
     shared = ("_arrays", "_shards")  # workers import neither `datasets` nor PIL
 
+    @property
+    def downloads(self) -> bool:
+        return not self.params.local
+
     def check(self) -> None:
         params = self.params
         if params.local and params.files is None:
