@@ -231,3 +231,13 @@ def test_paper_scenarios_validate_without_loading_any_data(name, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", no_loading)
     path = Path(__file__).parent.parent / "scenarios" / "paper" / f"{name}.yaml"
     check_run(load_scenario(path))  # everything `fedsim validate` does
+
+
+def test_a_partitioner_that_cannot_split_the_rows_is_one_line():
+    from fedsim.core.schema import PartitionSpec
+    from fedsim.engine.tasks.partition import partition_rows
+
+    spec = PartitionSpec(kind="dirichlet", alpha=0.5, min_partition_size=10)
+    with pytest.raises(ScenarioError, match=r"task\.partition: DirichletPartitioner could not "
+                                            r"split the 20 rows over 3 clients"):
+        partition_rows({"label": np.arange(20) % 3}, spec, 3, seed=0)

@@ -82,13 +82,18 @@ def partition_rows(columns: dict[str, np.ndarray], spec: PartitionSpec, num_part
     partitioner = make_partitioner(spec, num_partitions, seed, label)
     table = Dataset.from_dict({**columns, "__row__": np.arange(rows)})
     partitioner.dataset = table.shuffle(seed=seed) if shuffle else table
-    available = partitioner.num_partitions
+    try:  # flwr-datasets splits on the first of these calls
+        available = partitioner.num_partitions
+        shards = [np.asarray(partitioner.load_partition(i)["__row__"], dtype=np.int64)
+                  for i in range(min(available, num_partitions))]
+    except ValueError as exc:  # Dirichlet draws that never reach min_partition_size, ...
+        raise ScenarioError(f"task.partition: {type(partitioner).__name__} could not split "
+                            f"the {rows} rows over {num_partitions} clients: {exc}") from None
     if available < num_partitions:
         raise ScenarioError(f"clients.count ({num_partitions}) exceeds the {available} "
                             f"partitions of {type(partitioner).__name__}: use at most "
                             f"{available} clients")
-    return [np.asarray(partitioner.load_partition(i)["__row__"], dtype=np.int64)
-            for i in range(num_partitions)]
+    return shards
 
 
 def partition_indices(labels: np.ndarray, spec: PartitionSpec, num_partitions: int,
