@@ -7,7 +7,8 @@ connected, a strategy with its own round loop cannot be checkpointed. Those
 checks live in the builders, so the only faithful check is to build the run's
 task, device population and strategy exactly as the runner does. Both the
 runner and `validate` go through `prepare_data` and `build_checked`, so what
-`validate` accepts is what `run` starts. Nothing here starts Ray or a pool.
+`validate` accepts is what `run` starts. Nothing here starts Ray or a pool, and a task whose
+data comes from the network (`Task.downloads`: a hub dataset) is checked without loading it.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ CHECK_ERRORS: tuple[type[Exception], ...] = (ScenarioError, TopologyError, ckpt.
 """What a failed build-time check raises; each is one line naming the field."""
 
 
-def prepare_data(scenario: Scenario) -> tuple[Task | None, DevicePopulation]:
-    """The task with its shared data computed, and the device population (a Flower app
+def prepare_data(scenario: Scenario, download: bool = True
+                 ) -> tuple[Task | None, DevicePopulation]:
+    """The task with its shared data computed (unless it `downloads` and `download` is off:
+    then only what a check asks for is loaded), and the device population (a Flower app
     brings its own data: no task)."""
     if scenario.app is not None:
         return None, DevicePopulation(scenario.clients, scenario.seed)
     task = make_task(scenario)
-    task.shared_data()
+    if download or not task.downloads:
+        task.shared_data()
     devices = DevicePopulation(scenario.clients, scenario.seed,
                                labels=lambda i: task.train_data(i).y)  # label-correlated p
     return task, devices
@@ -81,7 +85,7 @@ def check_run(scenario: Scenario, resume: bool = False) -> None:
     with _untouched_random_state(), _quiet_flower(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        task, devices = prepare_data(scenario)
+        task, devices = prepare_data(scenario, download=False)
         if task is None:  # a Flower app: its halves were imported and checked on loading
             if resume:
                 raise ckpt.CheckpointError("--resume: a Flower app's run keeps no checkpoint "

@@ -246,17 +246,27 @@ class ClientsSpec(Spec):
 # ---------------------------------------------------------------- task, training
 
 
+PARTITIONERS = ("iid", "dirichlet", "shards", "inner_dirichlet", "pathological", "natural_id",
+                "linear", "square", "exponential")
+"""flwr-datasets' partitioners by name (`fedsim.engine.tasks.partition` maps them to classes)."""
+
+
 class PartitionSpec(Spec):
-    """How the training set is split over clients.
+    """How the training set is split over clients: one of flwr-datasets' partitioners.
 
     `dirichlet` is flwr-datasets' DirichletPartitioner: for each label, the
     shares of the clients are drawn from Dir(alpha) (sizes differ per client).
+    `alpha` also serves `inner_dirichlet`; every other constructor argument of the
+    partitioner (`partition_by`, `num_classes_per_partition`, `partition_sizes`, ...)
+    goes in `params`. Tasks that generate their data say which kinds they take.
     """
 
-    kind: Literal["iid", "dirichlet", "shards"] = "iid"
+    kind: Literal[PARTITIONERS] = "iid"  # type: ignore[valid-type]
     alpha: float = Field(default=0.5, gt=0)
     shards_per_client: int = Field(default=2, ge=1)
     min_partition_size: int = Field(default=2, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="the partitioner's other "
+                                   "constructor arguments")
 
 
 class TaskSpec(Spec):

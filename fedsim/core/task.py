@@ -41,6 +41,8 @@ class Task(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     models: ClassVar[tuple[str, ...]]
+    # Whether `task.model` may also name an installed `module:attr` that builds the model.
+    model_references: ClassVar[bool] = False
     Params: ClassVar[type[TaskParams]] = TaskParams
     # Cached properties that cost imports or time to compute (data, partition indices):
     # the simulator computes them once in the driver and hands them to its workers.
@@ -52,6 +54,17 @@ class Task(ABC):
         self.params = self.Params.model_validate(spec.params)
         self.num_clients = num_clients
         self.seed = seed
+
+    @property
+    def downloads(self) -> bool:
+        """Whether loading the data may need the network (a hub dataset): `fedsim validate`
+        then checks the scenario without loading it."""
+        return False
+
+    def check(self) -> None:
+        """Checks of the scenario against this task that load no data (`fedsim validate`
+        runs them; a failure is a `ScenarioError` naming the field). None by default."""
+        return None
 
     def shared_data(self) -> dict[str, Any]:
         """The values of the `shared` cached properties (computed here if not yet)."""

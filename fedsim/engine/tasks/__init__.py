@@ -35,13 +35,16 @@ def validate_task_spec(scenario: Scenario) -> None:
     """Check `task.name`, `task.model` and `task.params` of a scenario."""
     spec = scenario.task
     task = task_class(spec.name)
-    if spec.model is not None and spec.model not in task.models:
+    by_reference = task.model_references and ":" in (spec.model or "")
+    if spec.model is not None and spec.model not in task.models and not by_reference:
+        also = ", or an installed 'module:attr'" if task.model_references else ""
         raise ScenarioError(f"task.model: {spec.model!r} is not a model of task {spec.name!r} "
-                            f"(available: {', '.join(task.models)})")
+                            f"(available: {', '.join(task.models)}{also})")
     try:
-        make_task(scenario)  # cheap: tasks load data lazily; checks params against the run
+        made = make_task(scenario)  # cheap: tasks load data lazily; checks params against the run
     except ValidationError as exc:
         raise ScenarioError(describe_error(exc, task.Params, prefix="task.params.")) from None
+    made.check()
 
 
 def make_task(scenario: Scenario, num_partitions: int | None = None) -> Task:

@@ -8,16 +8,13 @@ clients by the scenario's partitioner, and each client keeps the first
 
 from __future__ import annotations
 
-import functools
-import math
-
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from fedsim.core.task import Dataset, Task, TaskParams
-from fedsim.engine.tasks.partition import partition_indices
+from fedsim.core.task import TaskParams
+from fedsim.engine.tasks.arrays import ArraysTask
 
 
 class DigitsParams(TaskParams):
@@ -41,13 +38,12 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class DigitsTask(Task):
+class DigitsTask(ArraysTask):
     name = "digits"
     summary = "scikit-learn 8x8 digits, 10 classes (cnn | mlp | logreg)"
     models = ("cnn", "mlp", "logreg")
     Params = DigitsParams
     params: DigitsParams
-    shared = ("_arrays", "_shards")  # workers import neither scikit-learn nor `datasets`
 
     def make_model(self) -> nn.Module:
         if self.model_name == "cnn":
@@ -56,9 +52,7 @@ class DigitsTask(Task):
             return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
 
-    @functools.cached_property
-    def _arrays(self) -> tuple[np.ndarray, ...]:
-        """Train, test and validation (held out of train: `spec.validation_share`) arrays."""
+    def _load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -67,41 +61,7 @@ class DigitsTask(Task):
         x_train, x_test, y_train, y_test = train_test_split(
             images, labels, test_size=self.params.test_fraction, stratify=labels,
             random_state=self.seed % 2**32)
-        x_val, y_val = x_train[:0], y_train[:0]
-        if self.spec.validation_share:
-            x_train, x_val, y_train, y_val = train_test_split(
-                x_train, y_train, test_size=self.spec.validation_share, stratify=y_train,
-                random_state=self.seed % 2**32)
-        return x_train, y_train, x_test, y_test, x_val, y_val
-
-    @functools.cached_property
-    def _shards(self) -> list[np.ndarray]:
-        y_train = self._arrays[1]
-        return partition_indices(y_train, self.spec.partition, self.num_clients, self.seed)
-
-    def _split(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
-        shard = self._shards[partition_id]
-        n_val = math.ceil(self.params.client_val_fraction * len(shard)) if len(shard) > 1 else 0
-        return shard[n_val:], shard[:n_val]
-
-    def _dataset(self, x: np.ndarray, y: np.ndarray) -> Dataset:
-        return Dataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
-
-    def train_data(self, partition_id: int) -> Dataset:
-        x, y = self._arrays[:2]
-        index = self._split(partition_id)[0]
-        return self._dataset(x[index], y[index])
-
-    def test_data(self, partition_id: int | None = None) -> Dataset:
-        x, y, x_test, y_test = self._arrays[:4]
-        if partition_id is None:
-            return self._dataset(x_test, y_test)
-        index = self._split(partition_id)[1]
-        return self._dataset(x[index], y[index])
-
-    def validation_data(self) -> Dataset | None:
-        x_val, y_val = self._arrays[4:]
-        return self._dataset(x_val, y_val) if len(y_val) else None
+        return x_train, y_train, x_test, y_test
 
 
 TASKS = (DigitsTask,)

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from fedsim.core.errors import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.task import Dataset, Task, TaskParams
 
@@ -64,6 +65,12 @@ class SyntheticImagesTask(Task):
     models = ("cnn", "logreg")
     Params = SyntheticImagesParams
     params: SyntheticImagesParams
+
+    def check(self) -> None:
+        if self.spec.partition.kind not in ("iid", "dirichlet", "shards"):
+            raise ScenarioError(f"task.partition.kind: {self.spec.partition.kind!r} needs a "
+                                "dataset to partition; synthetic_images draws each client's "
+                                "labels itself (iid, dirichlet or shards)")
 
     def make_model(self) -> nn.Module:
         shape, classes = self.params.image_shape, self.params.num_classes
