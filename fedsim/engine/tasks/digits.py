@@ -48,6 +48,7 @@ class DigitsTask(Task):
     Params = DigitsParams
     params: DigitsParams
     shared = ("_arrays", "_shards")  # workers import neither scikit-learn nor `datasets`
+    cuda = True  # torch only: the default client path may train it on a GPU
 
     def make_model(self) -> nn.Module:
         if self.model_name == "cnn":

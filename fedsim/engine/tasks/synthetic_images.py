@@ -64,6 +64,7 @@ class SyntheticImagesTask(Task):
     models = ("cnn", "logreg")
     Params = SyntheticImagesParams
     params: SyntheticImagesParams
+    cuda = True  # torch only: the default client path may train it on a GPU
 
     def make_model(self) -> nn.Module:
         shape, classes = self.params.image_shape, self.params.num_classes
