@@ -104,8 +104,9 @@ def local_gpus() -> int:
 
 def check_backend(scenario: Scenario) -> None:
     """The compute device can be had and the run's code can use it; what Ray would ship
-    exists. Inline, every actor group is planned; a Ray cluster's room is checked when the
-    run joins or starts it (`fedsim.engine.placement`)."""
+    exists. This machine's GPUs are checked inline or for the cluster a run starts here; a
+    joined cluster's, and its room for the actors, when the run joins it
+    (`fedsim.engine.placement`)."""
     backend = scenario.backend
     ray_runtime_env(scenario)
     if backend.device == "cpu":

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, RecordDict
 from typer.testing import CliRunner
 
 from fedsim.checks import check_run
@@ -22,7 +23,7 @@ from fedsim.core.errors import ScenarioError
 from fedsim.core.schema import BackendSpec, ClientsSpec
 from fedsim.core.training import TrainConfig, local_batches
 from fedsim.engine.devices import tier_assignment
-from fedsim.engine.placement import Cluster, plan_groups
+from fedsim.engine.placement import ActorGroup, Cluster, plan_groups
 from fedsim.engine.pool import InlinePool, Job, WorkerSpec
 from fedsim.engine.tasks import make_task
 from fedsim.runner import CLIENT_APP, run_config, simulate
@@ -153,6 +154,19 @@ def test_a_tiers_jobs_run_on_its_own_workers_with_the_numbers_of_one_worker():
     assert {w for w, b in batches.items() for j in b if j.partition_id in big} <= {3, 4}
     assert {w for w, b in batches.items() for j in b if j.partition_id not in big} <= {0, 1, 2}
     assert _strip_wall(simulate(tiers).records) == _strip_wall(simulate(one).records)
+
+
+def test_a_resumed_nodes_state_goes_to_a_worker_of_its_tiers_group():
+    """A checkpoint's worker indices may come from another layout of workers."""
+    groups = [ActorGroup(1, partitions=frozenset({0}), name="a"),
+              ActorGroup(2, partitions=frozenset({1}), name="b")]
+    pool = InlinePool(WorkerSpec(CLIENT_APP, 1, 2, run_config(scenario())), groups)
+    state = RecordDict({"memory": ConfigRecord({"x": 1})})
+    pool.set_states({"pinned": {7: 0, 8: 0}, "states": {7: (0, state), 8: (1, state)}})
+    assert pool._pinned == {7: 0, 8: 1}
+    assert pool.get_states()["states"] == {7: (0, state), 8: (1, state)}
+    job = Job(8, 1, "train", "m", "g", 0, seed=0)
+    assert list(pool._groups.split([job], pool._pinned)) == [1]
 
 
 @pytest.mark.ray

@@ -166,8 +166,8 @@ class ClientWorker:
         return results
 
     def describe(self) -> dict[str, Any]:
-        """Where this worker runs: process, Ray node and the GPUs Ray gave it, device."""
-        return {"pid": os.getpid(), "device": str(self.device)}
+        """What this worker computes on (on Ray, also where it runs)."""
+        return {"device": str(self.device)}
 
     def get_states(self) -> dict[int, tuple[int, RecordDict]]:
         """Each node's (partition id, Context.state) that holds anything (for checkpoints)."""
@@ -265,6 +265,17 @@ class _Groups:
             raise ValueError(f"partition {partition_id} belongs to no group of workers")
         return group
 
+    def repin(self, saved: dict[str, Any]) -> dict[int, int]:
+        """The worker of each saved node state (`get_states`): where it was pinned if that
+        worker serves its partition now, else one of its group's (a resumed run may have
+        other workers than the run that saved it)."""
+        pinned = {}
+        for node, (partition, _) in saved["states"].items():
+            g, hint = self.of(partition), saved["pinned"].get(node, 0)
+            start, size = self.start[g], self.size[g]
+            pinned[node] = hint if start <= hint < start + size else start + hint % size
+        return pinned
+
     def split(self, jobs: list[Job], pinned: dict[int, int]) -> dict[int, list[Job]]:
         """`_split` within each job's group; worker indices over all groups."""
         by_group: dict[int, list[Job]] = {}
@@ -332,9 +343,9 @@ class InlinePool:
         return {"pinned": dict(self._pinned), "states": states}
 
     def set_states(self, saved: dict[str, Any]) -> None:
-        self._pinned = dict(saved["pinned"])
+        self._pinned = self._groups.repin(saved)
         for node, state in saved["states"].items():
-            self.workers[self._pinned.get(node, 0) % self.num_workers].set_states({node: state})
+            self.workers[self._pinned[node]].set_states({node: state})
 
     def placement(self) -> list[dict[str, Any]]:
         """Each worker's group and `describe()` (for the run's summary)."""
@@ -468,10 +479,10 @@ class RayPool:
 
     def set_states(self, saved: dict[str, Any]) -> None:
         self.ready()
-        self._pinned = dict(saved["pinned"])
+        self._pinned = self._groups.repin(saved)
         by_actor: dict[int, dict[int, Any]] = {}
         for node, state in saved["states"].items():
-            by_actor.setdefault(self._pinned.get(node, 0) % self.num_workers, {})[node] = state
+            by_actor.setdefault(self._pinned[node], {})[node] = state
         self._ray.get([self.actors[w].set_states.remote(s) for w, s in by_actor.items()])
 
     def kill_worker(self, index: int) -> None:
@@ -518,7 +529,7 @@ class _RayWorker(ClientWorker):
         import ray
 
         context = ray.get_runtime_context()
-        return {**super().describe(), "node_id": context.get_node_id(),
+        return {**super().describe(), "pid": os.getpid(), "node_id": context.get_node_id(),
                 "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
                 "resources": context.get_assigned_resources()}
 
