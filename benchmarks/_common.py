@@ -129,13 +129,15 @@ def fedsim_stamps(scenario: dict[str, Any], client_app: str | None = None
     return stamps, result
 
 
-def flower_fedavg_stamps(scenario: dict[str, Any], workers: int) -> tuple[list[float], float]:
+def flower_fedavg_stamps(scenario: dict[str, Any], workers: int, device: str = "cpu",
+                         client_gpus: float = 0.0, gpus: int = 0) -> tuple[list[float], float]:
     """The scenario's FedAvg workload on `flwr.simulation.run_simulation` (Ray backend).
 
     Flower's own `FedAvg` (fraction_train from the scenario's strategy params, no
     evaluation) and a ClientApp that trains like fedsim's: `local_sgd` on the task's
-    shard, torch seeded per (node, round), one torch thread. `num_cpus: 1` per client
-    and Ray started with `workers` CPUs, so `workers` clients train at once.
+    shard, torch seeded per (node, round), one torch thread, on `device`. `num_cpus: 1`
+    (and `client_gpus` GPUs) per client and Ray started with `workers` CPUs and `gpus`
+    GPUs, so `workers` clients (at most 1 / client_gpus per GPU) train at once.
     Returns (end-of-round stamps from the strategy's `evaluate_fn`, last train loss).
     """
     import tempfile
@@ -146,18 +148,20 @@ def flower_fedavg_stamps(scenario: dict[str, Any], workers: int) -> tuple[list[f
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     with tempfile.TemporaryDirectory() as tmp:
         stamp_file = str(Path(tmp) / "stamps.txt")
-        server_app, client_app = _flower_fedavg_apps(scenario, stamp_file)
+        server_app, client_app = _flower_fedavg_apps(scenario, stamp_file, device)
         run_simulation(server_app=server_app, client_app=client_app,
                        num_supernodes=scenario["clients"]["count"], backend_name="ray",
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": workers}})
+                       backend_config={"client_resources": {"num_cpus": 1,
+                                                            "num_gpus": client_gpus},
+                                       "init_args": {"num_cpus": workers, "num_gpus": gpus}})
         lines = Path(stamp_file).read_text().split() if Path(stamp_file).exists() else []
         loss_file = Path(stamp_file + ".loss")
         loss = float(loss_file.read_text()) if loss_file.exists() else float("nan")
     return [float(t) for t in lines[1::2]], loss
 
 
-def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any, Any]:
+def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str, device: str = "cpu"
+                        ) -> tuple[Any, Any]:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
@@ -172,6 +176,7 @@ def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any,
         import torch
 
         from fedsim.core.codec import model_to_arrays
+        from fedsim.core.device import computing_on, usable_device
         from fedsim.core.seeding import int_seed
         from fedsim.core.training import TrainConfig, local_sgd
 
@@ -180,9 +185,10 @@ def _flower_fedavg_apps(scenario: dict[str, Any], stamp_file: str) -> tuple[Any,
         node = int(context.node_config["partition-id"])
         config = message.content["config"]
         torch.manual_seed(int_seed(seed, "job", node, int(config.get("server-round", 0)), 0))
-        model = task.model_with(message.content["arrays"])
         data = task.train_data(node)
-        _, loss = local_sgd(model, task, data, TrainConfig.from_record(config))
+        with computing_on(usable_device(device)):  # model and batches there, as fedsim's
+            model = task.model_with(message.content["arrays"])
+            _, loss = local_sgd(model, task, data, TrainConfig.from_record(config))
         metrics = MetricRecord({"num-examples": len(data), "train_loss": loss})
         return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": metrics}),
                        reply_to=message)

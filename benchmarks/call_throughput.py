@@ -64,10 +64,11 @@ def run_fedsim(args: argparse.Namespace) -> list[float]:
     from fedsim.core.schema import ChannelSpec, ClientsSpec
     from fedsim.engine.devices import DevicePopulation
     from fedsim.engine.grid import SimGrid
+    from fedsim.engine.placement import ActorGroup
     from fedsim.engine.pool import WorkerSpec, make_pool
 
     spec = WorkerSpec("noop_app:client_app", 1, args.nodes)
-    pool = make_pool("ray", spec, args.workers)
+    pool = make_pool("ray", spec, lambda cluster: [ActorGroup(args.workers)])
     try:
         grid = SimGrid(pool, DevicePopulation(ClientsSpec(count=args.nodes), 0), ChannelSpec(),
                        0, Run.create_empty(1))

@@ -18,6 +18,8 @@ import logging
 import random
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +27,13 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import checkpoint as ckpt
 from fedsim.core.errors import ScenarioError
+from fedsim.core.imports import distribution_folders
 from fedsim.core.schema import Scenario
 from fedsim.core.task import Task
 from fedsim.engine.devices import DevicePopulation
-from fedsim.engine.tasks import make_task
-from strategies import BuildContext, build_strategy
+from fedsim.engine.placement import plan_groups, resolve_device
+from fedsim.engine.tasks import make_task, task_class
+from strategies import BuildContext, build_strategy, strategy_info
 from topologies import TopologyError
 
 CHECK_ERRORS: tuple[type[Exception], ...] = (ScenarioError, TopologyError, ckpt.CheckpointError)
@@ -82,6 +86,7 @@ def check_run(scenario: Scenario, resume: bool = False) -> None:
     follows is the same as one that did not check first; libraries' deprecation
     warnings are the run's to show, not the check's.
     """
+    check_backend(scenario)
     with _untouched_random_state(), _quiet_flower(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -94,6 +99,68 @@ def check_run(scenario: Scenario, resume: bool = False) -> None:
         # no grid: builders get no services
         build_checked(scenario, BuildContext(scenario, scenario.clients.count, task, devices),
                       checkpointing(scenario, resume))
+
+
+def local_gpus() -> int:
+    """The CUDA devices torch sees in this process (0 with the CPU wheel)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_backend(scenario: Scenario) -> None:
+    """The compute device can be had and the run's code can use it; what Ray would ship
+    exists. This machine's GPUs are checked inline or for the cluster a run starts here; a
+    joined cluster's, and its room for the actors, when the run joins it
+    (`fedsim.engine.placement`)."""
+    backend = scenario.backend
+    ray_runtime_env(scenario)
+    if backend.device == "cpu":
+        return
+    if scenario.app is not None:
+        raise ScenarioError("backend.device: a Flower app moves its own model to a device; "
+                            "leave device: cpu and give its actors GPUs with "
+                            "backend.actor_resources.num_gpus")
+    if not task_class(scenario.task.name).cuda:
+        raise ScenarioError(f"backend.device: task {scenario.task.name!r} computes with NumPy "
+                            "on the CPU; use device: cpu")
+    if strategy_info(scenario.strategy.name).client_actions:
+        raise ScenarioError(f"backend.device: strategy {scenario.strategy.name!r} has client "
+                            "halves of its own, written for the CPU; use device: cpu")
+    if backend.address is None:  # this machine's GPUs: inline, or the cluster started here
+        resolve_device(backend, local_gpus(), on_ray=backend.kind == "ray")
+    if backend.kind == "inline":
+        plan_groups(backend, scenario.clients, scenario.seed, None, local_gpus())
+
+
+CODE_FILES = ("*.py", "*.pyc", "*.pyo", "*.so", "*.pyd")
+"""What a working_dir never ships: Ray puts it first on the actors' import path, and it is
+for data files (a folder without them is at most a namespace package, which every
+installed package of the same name outranks)."""
+
+
+def ray_runtime_env(scenario: Scenario) -> dict[str, Any] | None:
+    """`backend.runtime_env` as Ray takes it: `py_modules` names installed distributions,
+    shipped as their package and metadata folders (so the nodes import and register exactly
+    what is installed here, never a scenario's folder); `working_dir` an existing folder,
+    shipped without code files (`CODE_FILES`)."""
+    spec = scenario.backend.runtime_env
+    if spec is None:
+        return None
+    env: dict[str, Any] = {}
+    if spec.working_dir is not None:
+        folder = Path(spec.working_dir)
+        if "://" not in spec.working_dir and not folder.is_dir():
+            raise ScenarioError(f"backend.runtime_env.working_dir: {spec.working_dir!r} is not "
+                                "a folder")
+        env["working_dir"] = spec.working_dir if "://" in spec.working_dir else str(
+            folder.resolve())
+        env["excludes"] = list(CODE_FILES)
+    if spec.py_modules:
+        env["py_modules"] = [folder for i, name in enumerate(spec.py_modules)
+                             for folder in distribution_folders(
+                                 name, f"backend.runtime_env.py_modules.{i}")]
+    if spec.pip:
+        env["pip"] = list(spec.pip)
+    return env
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import Strategy, strategy_utils
 from flwr.supercore.run import Run
 
 from fedsim import checkpoint as ckpt
-from fedsim.checks import build_checked, prepare_data
+from fedsim.checks import build_checked, local_gpus, prepare_data, ray_runtime_env
 from fedsim.core.codec import arrays_to_model, flatten
 from fedsim.core.imports import installed_object
 from fedsim.core.keys import WORK_KEY
@@ -43,6 +43,7 @@ from fedsim.core.task import Task
 from fedsim.core.training import TrainConfig
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.grid import SimGrid
+from fedsim.engine.placement import ActorGroup, Cluster, plan_groups
 from fedsim.engine.pool import WorkerSpec, make_pool
 from fedsim.engine.services import SimServices
 from fedsim.results import Callback
@@ -103,14 +104,16 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     spec = (WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
             if app is None else
             WorkerSpec(app.client, RUN_ID, scenario.clients.count, dict(app.run_config)))
-    workers = min(backend.num_actors, scenario.clients.count) if backend.num_actors else None
+    def plan(cluster: Cluster | None) -> list[ActorGroup]:
+        return plan_groups(backend, scenario.clients, scenario.seed, cluster, local_gpus())
+
     checkpointer = (ckpt.Checkpointer(run_dir, scenario.checkpoint.every)
                     if run_dir is not None and scenario.checkpoint.every else None)
     # The data is prepared in a thread while Ray starts (mostly waiting on its processes)
     # and while the actors import and warm up; `ray.init` stays on the main thread.
     with ThreadPoolExecutor(1, thread_name_prefix="fedsim-data") as executor:
         prepared = executor.submit(prepare_data, scenario)
-        pool = make_pool(backend.kind, spec, workers, backend.actor_cpus, backend.address)
+        pool = make_pool(backend.kind, spec, plan, backend.address, ray_runtime_env(scenario))
     try:
         task, devices = prepared.result()
         grid = SimGrid(_ErrorLog(pool), devices, scenario.channel, scenario.seed,  # type: ignore[arg-type]
@@ -510,6 +513,8 @@ class _RoundRecorder:
             out["tiers"] = self.grid.tier_records()
             for tier, metrics in self._federated_by_tier.items():
                 out["tiers"][tier].update({f"federated_{k}": v for k, v in metrics.items()})
+            out["actors"] = self.grid.pool.placement()  # where each worker ran, on what device
+            out["devices"] = sorted({a["device"] for a in out["actors"] if "device" in a})
         return out
 
 

@@ -20,7 +20,7 @@ from tests.conftest import quadratic, scenario
 @pytest.mark.slow
 def test_actor_killed_mid_round_is_restarted_and_counted_as_a_failure(ray_cluster, tmp_path):
     s = scenario(rounds=3, clients__count=3, backend={"kind": "ray", "num_actors": 3,
-                                                       "actor_cpus": 0.5})
+                                                       "actor_resources": {"num_cpus": 0.5}})
     log = tmp_path / "flower.log"
     result = simulate(s, log_file=log, client_app="tests.fault_app:exit_in_round_2")
     by_round = {r["round"]: r for r in result.records}

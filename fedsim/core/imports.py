@@ -15,6 +15,7 @@ import contextlib
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ def installed_object(ref: str, field: str) -> Any:
             f"names only from installed packages (pip install the package that holds "
             f"{module_name!r}), never from the scenario's folder or the working directory")
     try:
-        with _without_working_directory():
+        with without_working_directory():
             obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # the package's own import error, on one line
         raise ScenarioError(f"{field}: importing {module_name!r} failed: "
@@ -74,7 +75,7 @@ def installed_entry_points(group: str) -> list[tuple[EntryPoint, Distribution]]:
 def load_entry_point(entry_point: EntryPoint) -> Any:
     """The object an installed entry point names, imported with the working directory off
     `sys.path`; its own import error propagates."""
-    with _without_working_directory():
+    with without_working_directory():
         return entry_point.load()
 
 
@@ -88,7 +89,7 @@ def _installed_path() -> list[str]:
 
 
 @contextlib.contextmanager
-def _without_working_directory() -> Iterator[None]:
+def without_working_directory() -> Iterator[None]:
     """Import with the working directory off `sys.path` (`python -m` puts it first), so an
     installed package is not shadowed by a same-named folder where the user stands."""
     saved = sys.path[:]
@@ -97,3 +98,29 @@ def _without_working_directory() -> Iterator[None]:
         yield
     finally:
         sys.path[:] = saved
+
+
+def distribution_folders(name: str, field: str) -> list[str]:
+    """The folders that make the installed distribution `name` importable and registered
+    on another machine: each of its top-level packages and its metadata folder (entry
+    points included), as Ray's `py_modules` ships them. A `ScenarioError` naming `field` if
+    `name` is not installed here or is not made of packages."""
+    wanted = _normalized(name)
+    dist = next((d for d in importlib.metadata.distributions(path=_installed_path())
+                 if _normalized(d.metadata["Name"] or "") == wanted), None)
+    metadata = getattr(dist, "_path", None)  # PathDistribution: its *.dist-info folder
+    if dist is None or metadata is None:
+        raise ScenarioError(f"{field}: {name!r} is not an installed distribution; ship "
+                            "distributions installed here, by the name pip knows them by")
+    tops = (dist.read_text("top_level.txt") or "").split() or sorted(
+        {top for top, names in importlib.metadata.packages_distributions().items()
+         if dist.metadata["Name"] in names})
+    folders = []
+    for top in tops:
+        with without_working_directory():
+            spec = importlib.util.find_spec(top)
+        if spec is None or not spec.submodule_search_locations:
+            raise ScenarioError(f"{field}: {name!r} holds {top!r}, which is not a package "
+                                "folder; py_modules ships packages")
+        folders.append(str(next(iter(spec.submodule_search_locations))))
+    return [*folders, str(metadata)]

@@ -219,6 +219,23 @@ class ChannelSpec(Spec):
     downlink: LinkSpec = LinkSpec()
 
 
+class ActorResources(Spec):
+    """What one Ray actor asks of the cluster. An actor runs one job at a time, so
+    `num_gpus: 0.25` lets at most four jobs share a GPU; an actor that asks for no GPU
+    computes on the CPU and sees no GPU."""
+
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0, description="a fraction below 1 shares a GPU")
+    memory: int | None = Field(default=None, gt=0, description="bytes Ray reserves per actor")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _ray_gpu_amount(cls, num_gpus: float) -> float:
+        if num_gpus > 1 and num_gpus != int(num_gpus):
+            raise ValueError("Ray takes a fraction of one GPU or whole GPUs (0.25, 1, 2...)")
+        return num_gpus
+
+
 class DeviceTier(Spec):
     """A kind of device and the share of the population that has it."""
 
@@ -230,6 +247,11 @@ class DeviceTier(Spec):
     dropout_p: float = Field(default=0.0, ge=0, le=1, description="P(job abandoned midway)")
     uplink: LinkSpec | None = None
     downlink: LinkSpec | None = None
+    actor_resources: ActorResources | None = Field(
+        default=None, description="Ray: this tier's jobs run on actors of their own that ask "
+        "for these resources (a GPU tier beside CPU phones); null: the backend's actors")
+    num_actors: int | None = Field(default=None, ge=1, le=100_000, description="actors of this "
+                                   "tier's own kind (null: its share of the cluster)")
 
     @model_validator(mode="after")
     def _positive_speed(self) -> DeviceTier:
@@ -306,12 +328,28 @@ class ClientModsSpec(Spec):
     evaluate: tuple[str, ...] = ()
 
 
+class RuntimeEnvSpec(Spec):
+    """What Ray ships to every actor of the run, so that the nodes of a cluster need only
+    Ray and Python (docs/cluster.md)."""
+
+    working_dir: str | None = Field(default=None, description="a local directory (or a URI): "
+                                    "the actors' current directory, for data files")
+    py_modules: tuple[str, ...] = Field(default=(), description="installed distributions to "
+                                        "ship by name (fedsim, your plug-ins' package)")
+    pip: tuple[str, ...] = Field(default=(), description="requirements each node installs")
+
+
 class BackendSpec(Spec):
     kind: Literal["ray", "inline"] = "ray"
     num_actors: int | None = Field(default=None, ge=1, le=100_000,
-                                   description="default: one per CPU")
+                                   description="default: as many as the cluster's resources hold")
     address: str | None = Field(default=None, description="join this Ray cluster")
-    actor_cpus: float = Field(default=1.0, gt=0)
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?)$",
+                        description="cpu | cuda | cuda:N | auto (cuda where actors have a GPU)")
+    actor_resources: ActorResources = Field(
+        default=ActorResources(), description="what each actor asks of Ray (default: 1 CPU, "
+        "and 1 GPU when device is cuda)")
+    runtime_env: RuntimeEnvSpec | None = None
 
 
 class EvaluationSpec(Spec):

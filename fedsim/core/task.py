@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord
 from pydantic import BaseModel, ConfigDict
 
+from fedsim.core.device import compute_device
 from fedsim.core.schema import TaskSpec
 
 
@@ -44,6 +45,9 @@ class Task(ABC):
     # Whether `task.model` may also name an installed `module:attr` that builds the model.
     model_references: ClassVar[bool] = False
     Params: ClassVar[type[TaskParams]] = TaskParams
+    # Whether the default client path may run it on a CUDA device (`backend.device`): its
+    # model, loss and evaluation use torch on the model's device only, no NumPy.
+    cuda: ClassVar[bool] = False
     # Cached properties that cost imports or time to compute (data, partition indices):
     # the simulator computes them once in the driver and hands them to its workers.
     shared: ClassVar[tuple[str, ...]] = ()
@@ -102,6 +106,7 @@ class Task(ABC):
         if model is None:
             with torch.random.fork_rng(devices=[]):
                 model = self.__dict__["_reused_model"] = self.make_model()
+        model = model.to(compute_device())  # the job's device (a no-op where it is already)
         for parameter in model.parameters():  # as fresh: no gradients, training mode
             parameter.grad = None
         return arrays_to_model(model.train(), arrays)
@@ -126,9 +131,11 @@ class Task(ABC):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
-        """Loss and accuracy of `model` on `data`."""
+        """Loss and accuracy of `model` on `data` (moved to the model's device)."""
         model.eval()
-        logits = model(data.x)
-        loss = torch.nn.functional.cross_entropy(logits, data.y).item()
-        accuracy = (logits.argmax(dim=1) == data.y).float().mean().item()
+        device = next(model.parameters()).device
+        x, y = data.x.to(device), data.y.to(device)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(dim=1) == y).float().mean().item()
         return {"loss": loss, "accuracy": accuracy}

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from flwr.app import ConfigRecord
 
+from fedsim.core.device import compute_device
 from fedsim.core.schema import TrainingSpec
 from fedsim.core.task import Dataset, Task
 
@@ -47,8 +48,10 @@ def local_batches(data: Dataset, config: TrainConfig,
     """Minibatches for one round of local work: `local_steps` batches, else epochs.
 
     Each epoch is a fresh permutation; steps cycle through epochs as needed.
-    The batch order comes from torch's generator, seeded per job by the pool.
+    The batch order comes from torch's CPU generator, seeded per job by the pool, so it is
+    the same whichever device the batches are moved to (`compute_device`).
     """
+    device = compute_device()
     n = len(data)
     if n == 0:
         return
@@ -59,7 +62,7 @@ def local_batches(data: Dataset, config: TrainConfig,
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, size):
             index = order[start:start + size]
-            yield data.x[index], data.y[index]
+            yield data.x[index].to(device), data.y[index].to(device)
             done += 1
             if done == total:
                 return

@@ -68,6 +68,15 @@ def tier_counts(shares: list[float], n: int) -> list[int]:
     return counts
 
 
+def tier_assignment(spec: ClientsSpec, seed: int) -> np.ndarray:
+    """The tier of each device (by partition id): shares rounded, then shuffled by the seed.
+    The pool reads it too, to send a tier's jobs to that tier's actors."""
+    counts = tier_counts([t.share for t in spec.devices], spec.count)
+    tier_of = np.repeat(np.arange(len(spec.devices)), counts)
+    rng(seed, "tiers").shuffle(tier_of)
+    return tier_of
+
+
 class _MarkovVector:
     """A two-state chain per device, stepped one round at a time (vectorised).
 
@@ -158,10 +167,7 @@ class DevicePopulation:
         self._label_dist: np.ndarray | None = None
         self.tiers: list[DeviceTier] = list(spec.devices)
         self.seed = seed
-        counts = tier_counts([t.share for t in self.tiers], self.n)
-        tier_of = np.repeat(np.arange(len(self.tiers)), counts)
-        rng(seed, "tiers").shuffle(tier_of)
-        self.tier_of = tier_of
+        self.tier_of = tier_of = tier_assignment(spec, seed)
         # position of each device within its tier: index into per-tier state vectors
         self._rank_in_tier = np.empty(self.n, dtype=np.int64)
         for t in range(len(self.tiers)):

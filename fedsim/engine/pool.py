@@ -11,7 +11,9 @@ to each worker once, not once per node.
 
 `InlinePool` runs the workers in the driver process (tests, debugging);
 `RayPool` runs them as Ray actors. Both execute the same `ClientWorker` code, so
-a scenario gives the same numbers on either.
+a scenario gives the same numbers on either. Workers come in groups
+(`fedsim.engine.placement`): a device tier with actors of its own has its jobs run
+by its group only, on that group's device.
 
 Start-up: `RayPool` creates its actors without waiting for them, so that they
 start while the driver prepares the task's data; the driver then hands the data a task
@@ -30,6 +32,8 @@ import secrets
 import signal
 import sys
 import traceback
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -37,7 +41,9 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.core.device import computing_on, seed_job, usable_device
 from fedsim.core.seeding import rng
+from fedsim.engine.placement import ActorGroup, Cluster
 
 log = logging.getLogger("fedsim")
 
@@ -86,11 +92,12 @@ def load_object(ref: str) -> Any:
 class ClientWorker:
     """Executes a ClientApp for the nodes mapped to it, keeping their Contexts."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, device: str = "cpu") -> None:
         import torch
 
         torch.set_num_threads(1)
         self.spec = spec
+        self.device = usable_device(device)
         self.app = load_object(spec.client_app)
         self.contexts: dict[int, Context] = {}
         self._errors_seen: set[str] = set()
@@ -119,8 +126,10 @@ class ClientWorker:
         return self.contexts[node_id]
 
     def run(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
-        import torch
+        with computing_on(self.device):
+            return self._run(jobs, payloads)
 
+    def _run(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
         from fedsim.engine.channel import add_noise
 
         results = []
@@ -132,7 +141,7 @@ class ClientWorker:
                               group_id=job.group_id)
             message.metadata.__dict__["_message_id"] = job.message_id
             TaskIdentity.node_id = job.node_id
-            torch.default_generator.manual_seed(job.seed)  # CPU only: torch.manual_seed is slow
+            seed_job(self.device, job.seed)
             context = self.context(job.node_id, job.partition_id)
             try:
                 reply = self.app(message, context)
@@ -156,8 +165,9 @@ class ClientWorker:
                 results.append(JobResult(job.message_id, reply.content, stateful=stateful))
         return results
 
-    def ping(self) -> int:
-        return os.getpid()
+    def describe(self) -> dict[str, Any]:
+        """What this worker computes on (on Ray, also where it runs)."""
+        return {"device": str(self.device)}
 
     def get_states(self) -> dict[int, tuple[int, RecordDict]]:
         """Each node's (partition id, Context.state) that holds anything (for checkpoints)."""
@@ -206,6 +216,8 @@ class Pool(Protocol):
 
     def share_task_data(self, data: dict[str, Any]) -> None: ...
 
+    def placement(self) -> list[dict[str, Any]]: ...
+
     def shutdown(self) -> None: ...
 
 
@@ -234,6 +246,50 @@ def _split(jobs: list[Job], num_workers: int, pinned: dict[int, int]) -> dict[in
     return batches
 
 
+class _Groups:
+    """Which workers serve which partitions: group g is workers `start[g]` to
+    `start[g] + size[g] - 1`; a partition goes to the group that lists it, else to the
+    group that lists none."""
+
+    def __init__(self, groups: list[ActorGroup]) -> None:
+        self.size = [g.num_workers for g in groups]
+        self.worker_group = [g.name for g in groups for _ in range(g.num_workers)]
+        self.start = [sum(self.size[:g]) for g in range(len(groups))]
+        self._of = {p: g for g, group in enumerate(groups) for p in group.partitions or ()}
+        self._rest = next((g for g, group in enumerate(groups) if group.partitions is None),
+                          None)
+
+    def of(self, partition_id: int) -> int:
+        group = self._of.get(partition_id, self._rest)
+        if group is None:
+            raise ValueError(f"partition {partition_id} belongs to no group of workers")
+        return group
+
+    def repin(self, saved: dict[str, Any]) -> dict[int, int]:
+        """The worker of each saved node state (`get_states`): where it was pinned if that
+        worker serves its partition now, else one of its group's (a resumed run may have
+        other workers than the run that saved it)."""
+        pinned = {}
+        for node, (partition, _) in saved["states"].items():
+            g, hint = self.of(partition), saved["pinned"].get(node, 0)
+            start, size = self.start[g], self.size[g]
+            pinned[node] = hint if start <= hint < start + size else start + hint % size
+        return pinned
+
+    def split(self, jobs: list[Job], pinned: dict[int, int]) -> dict[int, list[Job]]:
+        """`_split` within each job's group; worker indices over all groups."""
+        by_group: dict[int, list[Job]] = {}
+        for job in jobs:
+            by_group.setdefault(self.of(job.partition_id), []).append(job)
+        batches: dict[int, list[Job]] = {}
+        for g, group_jobs in by_group.items():
+            start, size = self.start[g], self.size[g]
+            own = {node: w - start for node, w in pinned.items() if start <= w < start + size}
+            for w, batch in _split(group_jobs, size, own).items():
+                batches[start + w] = batch
+        return batches
+
+
 def _pin(batches: dict[int, list[Job]], results: list[JobResult], pinned: dict[int, int]
          ) -> None:
     """Pin every node that now keeps state to the worker that ran it."""
@@ -258,10 +314,13 @@ def _set_task_identity(run_id: int) -> None:
 class InlinePool:
     """Workers in the driver process: same code path as Ray, easy to debug."""
 
-    def __init__(self, spec: WorkerSpec, num_workers: int = 1) -> None:
+    def __init__(self, spec: WorkerSpec, groups: list[ActorGroup] | None = None) -> None:
         _set_task_identity(spec.run_id)
-        self.num_workers = num_workers
-        self.workers = [ClientWorker(spec) for _ in range(num_workers)]
+        groups = groups or [ActorGroup(1)]
+        self._groups = _Groups(groups)
+        self.workers = [ClientWorker(spec, g.device) for g in groups
+                        for _ in range(g.num_workers)]
+        self.num_workers = len(self.workers)
         self._pinned: dict[int, int] = {}  # node id -> worker holding its state
 
     def share_task_data(self, data: dict[str, Any]) -> None:
@@ -270,7 +329,7 @@ class InlinePool:
 
     def execute(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
         results: list[JobResult] = []
-        batches = _split(jobs, self.num_workers, self._pinned)
+        batches = self._groups.split(jobs, self._pinned)
         for w, batch in sorted(batches.items()):
             results.extend(self.workers[w].run(batch, payloads))
         _pin(batches, results, self._pinned)
@@ -284,46 +343,66 @@ class InlinePool:
         return {"pinned": dict(self._pinned), "states": states}
 
     def set_states(self, saved: dict[str, Any]) -> None:
-        self._pinned = dict(saved["pinned"])
+        self._pinned = self._groups.repin(saved)
         for node, state in saved["states"].items():
-            self.workers[self._pinned.get(node, 0) % self.num_workers].set_states({node: state})
+            self.workers[self._pinned[node]].set_states({node: state})
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Each worker's group and `describe()` (for the run's summary)."""
+        return [{"group": g, **w.describe()} for w, g in zip(
+            self.workers, self._groups.worker_group, strict=True)]
 
     def shutdown(self) -> None:
         self.workers.clear()
 
 
 class RayPool:
-    """Workers as Ray actors, one CPU each by default; a crashed actor is replaced.
+    """Workers as Ray actors in groups (`fedsim.engine.placement`); a crashed actor is
+    replaced.
 
     The actors are created without waiting for them: they import and warm up while the
     driver prepares the task's data; the first call that needs them waits (`ready()`).
+    `plan` decides the groups from the cluster joined (`address`) or started here; every
+    actor gets `runtime_env` (what Ray ships to the nodes: modules, pip packages).
     """
 
-    def __init__(self, spec: WorkerSpec, num_workers: int, actor_cpus: float = 1.0,
-                 address: str | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, plan: Callable[[Cluster], list[ActorGroup]],
+                 address: str | None = None, runtime_env: dict[str, Any] | None = None
+                 ) -> None:
         if address is None and "ray" not in sys.modules:
             _require_a_token()  # Ray reads its authentication mode when it is imported
         import ray
 
         _set_task_identity(spec.run_id)
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         # Ray starts workers at nice 15: on a busy machine the actors doing all the
         # training would get a fraction of a core. Only a cluster started here is affected.
         os.environ.setdefault("RAY_worker_niceness", "0")
         if not ray.is_initialized():
             sigterm = signal.getsignal(signal.SIGTERM)
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, num_cpus=None if address else os.cpu_count())
+            with warnings.catch_warnings():  # Ray's notice that it hides GPUs from actors
+                warnings.simplefilter("ignore", FutureWarning)  # that ask for none: we want it
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, num_cpus=None if address else os.cpu_count())
             if sigterm is not None:  # ray.init installs its own; the driver's stays the app's
                 signal.signal(signal.SIGTERM, sigterm)
         self._ray = ray
         self._spec = spec
-        self._actor_class = ray.remote(num_cpus=actor_cpus)(_RayWorker)
-        self.num_workers = num_workers
+        # the cluster's totals, not what is free this instant: a run just ended frees its
+        # actors' resources a moment after they are killed
+        groups = plan(Cluster(ray.cluster_resources(),
+                              [n["Resources"] for n in ray.nodes() if n["Alive"]]))
+        self._groups = _Groups(groups)
+        remote = ray.remote(_RayWorker)
+        runtime_env = _uploaded(runtime_env) if runtime_env else None
+        self._actor_classes = [remote.options(**g.options, runtime_env=runtime_env)
+                               for g in groups for _ in range(g.num_workers)]
+        self._devices = [g.device for g in groups for _ in range(g.num_workers)]
+        self.num_workers = len(self._actor_classes)
         self._pinned: dict[int, int] = {}  # node id -> actor holding its state
         self._task_data: Any = None  # object ref of the shared task data
-        self.actors = [self._start_actor() for _ in range(num_workers)]
-        self._starting = [a.ping.remote() for a in self.actors]
+        self.actors = [self._start_actor(w) for w in range(self.num_workers)]
+        self._starting = [a.describe.remote() for a in self.actors]
+        self._described: list[Any] = list(self._starting)  # refs, then what they returned
 
     def ready(self) -> None:
         """Wait until every actor has started (raises if one could not)."""
@@ -331,14 +410,28 @@ class RayPool:
             self._ray.get(self._starting)
             self._starting = []
 
+    def placement(self) -> list[dict[str, Any]]:
+        """Each actor's group and `describe()`: the Ray node it runs on, its resources."""
+        ray, out = self._ray, []
+        for w, (group, described) in enumerate(zip(self._groups.worker_group,
+                                                   self._described, strict=True)):
+            try:
+                self._described[w] = described = (ray.get(described)
+                                                  if isinstance(described, ray.ObjectRef)
+                                                  else described)
+            except ray.exceptions.RayError as exc:
+                described = {"error": type(exc).__name__}
+            out.append({"group": group, **described})
+        return out
+
     def share_task_data(self, data: dict[str, Any]) -> None:
         """Send `data` once to the object store; every actor (restarted ones too) loads it."""
         self._task_data = self._ray.put(data)
         for actor in self.actors:  # an actor runs one caller's calls in order: before any job
             actor.share_task_data.remote(self._task_data)
 
-    def _start_actor(self) -> Any:
-        actor = self._actor_class.remote(self._spec)
+    def _start_actor(self, w: int) -> Any:
+        actor = self._actor_classes[w].remote(self._spec, self._devices[w])
         if self._task_data is not None:
             actor.share_task_data.remote(self._task_data)
         return actor
@@ -346,7 +439,7 @@ class RayPool:
     def execute(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
         self.ready()
         ray = self._ray
-        batches = _split(jobs, self.num_workers, self._pinned)
+        batches = self._groups.split(jobs, self._pinned)
         users: dict[int, set[int]] = {}
         for w, batch in batches.items():
             for job in batch:
@@ -367,7 +460,8 @@ class RayPool:
                 results.extend(ray.get(future))
             except ray.exceptions.RayActorError as exc:
                 log.warning("worker %d died (%s); restarting it", w, type(exc).__name__)
-                self.actors[w] = self._start_actor()
+                self.actors[w] = self._start_actor(w)
+                self._described[w] = self.actors[w].describe.remote()
                 self._pinned = {n: a for n, a in self._pinned.items() if a != w}  # state lost
                 reason = f"worker process died: {type(exc).__name__}"
                 results.extend(JobResult(j.message_id, None, ErrorCode.UNKNOWN, reason)
@@ -385,10 +479,10 @@ class RayPool:
 
     def set_states(self, saved: dict[str, Any]) -> None:
         self.ready()
-        self._pinned = dict(saved["pinned"])
+        self._pinned = self._groups.repin(saved)
         by_actor: dict[int, dict[int, Any]] = {}
         for node, state in saved["states"].items():
-            by_actor.setdefault(self._pinned.get(node, 0) % self.num_workers, {})[node] = state
+            by_actor.setdefault(self._pinned[node], {})[node] = state
         self._ray.get([self.actors[w].set_states.remote(s) for w, s in by_actor.items()])
 
     def kill_worker(self, index: int) -> None:
@@ -402,23 +496,54 @@ class RayPool:
         self.actors.clear()
 
 
+def _uploaded(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """`runtime_env` with its local folders uploaded to the cluster, as URIs.
+
+    Ray uploads local `py_modules` and `working_dir` only for the runtime_env given to
+    `ray.init`, which holds for every later run of the process; an actor's own runtime_env
+    must name URIs. This is what `ray.init` does with them (Ray's own functions, of the Ray
+    that flwr[simulation] pins), so each run ships its own modules.
+    """
+    import tempfile
+
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    with tempfile.TemporaryDirectory(prefix="fedsim-runtime-env-") as scratch:
+        runtime_env = upload_py_modules_if_needed(dict(runtime_env), include_gitignore=True,
+                                                  scratch_dir=scratch, logger=log)
+        runtime_env = upload_working_dir_if_needed(runtime_env, include_gitignore=True,
+                                                   scratch_dir=scratch, logger=log)
+    runtime_env.pop("excludes", None)  # used by the upload; as ray.init drops it
+    return runtime_env
+
+
 class _RayWorker(ClientWorker):
     """`ClientWorker` with payloads passed as separate (object-store) arguments."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, device: str) -> None:
         _set_task_identity(spec.run_id)
-        super().__init__(spec)
+        super().__init__(spec, device)
+
+    def describe(self) -> dict[str, Any]:
+        import ray
+
+        context = ray.get_runtime_context()
+        return {**super().describe(), "pid": os.getpid(), "node_id": context.get_node_id(),
+                "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                "resources": context.get_assigned_resources()}
 
     def run(self, jobs: list[Job], *payloads: RecordDict) -> list[JobResult]:  # type: ignore[override]
         return super().run(jobs, list(payloads))
 
 
-def make_pool(kind: str, spec: WorkerSpec, num_workers: int | None = None,
-              actor_cpus: float = 1.0, address: str | None = None) -> Pool:
+def make_pool(kind: str, spec: WorkerSpec,
+              plan: Callable[[Cluster | None], list[ActorGroup]] = lambda _: [ActorGroup(1)],
+              address: str | None = None, runtime_env: dict[str, Any] | None = None) -> Pool:
+    """Inline workers (`plan(None)`) or Ray actors (`plan(cluster)`)."""
     if kind == "inline":
-        return InlinePool(spec, num_workers or 1)
-    return RayPool(spec, num_workers or os.cpu_count() or 1, actor_cpus=actor_cpus,
-                   address=address)
+        return InlinePool(spec, plan(None))
+    return RayPool(spec, plan, address, runtime_env)
 
 
 def error_reply(message: Message, code: int, reason: str) -> Message:

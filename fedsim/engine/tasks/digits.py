@@ -44,6 +44,7 @@ class DigitsTask(ArraysTask):
     models = ("cnn", "mlp", "logreg")
     Params = DigitsParams
     params: DigitsParams
+    cuda = True  # torch only: the default client path may train it on a GPU
 
     def make_model(self) -> nn.Module:
         if self.model_name == "cnn":

@@ -65,6 +65,7 @@ class SyntheticImagesTask(Task):
     models = ("cnn", "logreg")
     Params = SyntheticImagesParams
     params: SyntheticImagesParams
+    cuda = True  # torch only: the default client path may train it on a GPU
 
     def check(self) -> None:
         if self.spec.partition.kind not in ("iid", "dirichlet", "shards"):
