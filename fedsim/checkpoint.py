@@ -108,17 +108,30 @@ def default_restore(obj: Any, state: dict[str, Any]) -> None:
     vars(obj).update(copy.deepcopy(state))
 
 
+INNER = "__strategy__"
+"""Marks the state of a strategy a wrapper holds (Flower's DP wrappers hold the strategy
+they wrap, whose own state, e.g. FedAdam's moments, must survive a resume too)."""
+
+
 def strategy_state(strategy: Strategy) -> dict[str, Any]:
     if isinstance(strategy, Checkpointable):
         return strategy.checkpoint_state()
-    return default_state(strategy)
+    state = default_state(strategy)
+    for key, value in vars(strategy).items():
+        if isinstance(value, Strategy):
+            state[key] = {INNER: strategy_state(value)}
+    return state
 
 
 def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
     if isinstance(strategy, Checkpointable):
         strategy.restore_state(state)
-    else:
-        default_restore(strategy, state)
+        return
+    inner = {key: value[INNER] for key, value in state.items()
+             if isinstance(value, dict) and INNER in value}
+    default_restore(strategy, {k: v for k, v in state.items() if k not in inner})
+    for key, value in inner.items():
+        restore_strategy(getattr(strategy, key), value)
 
 
 def can_resume(strategy: Strategy) -> bool:

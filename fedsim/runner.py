@@ -142,7 +142,7 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
     `deadline_s` in virtual seconds on SimGrid, `deploy.reply_timeout_s` on real devices
     (None: wait for every reply).
     """
-    random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
+    seed_server_generators(scenario)
     arrays, num_rounds, offset = task.initial_arrays(), scenario.rounds, 0
     if resume_from is not None:  # refused before anything is written or restored
         if resume_from.scenario != scenario_to_dict(scenario):
@@ -174,6 +174,16 @@ def execute(scenario: Scenario, grid: Grid, task: Task, services: GridServices,
     return _finished(recorder.result(final), callbacks)
 
 
+def seed_server_generators(scenario: Scenario) -> None:
+    """Seed the server process's global generators from the scenario: Flower samples nodes
+    with `random`, its DP wrappers draw noise from NumPy's, a Flower app builds its initial
+    model from torch's. A run (and a resumed one, which restores them) is then the same
+    whatever ran in the process before."""
+    random.seed(int_seed(scenario.seed, "node-sampling"))
+    np.random.seed(int_seed(scenario.seed, "server-app") % 2**32)
+    torch.manual_seed(int_seed(scenario.seed, "server-app"))
+
+
 def run_app(scenario: Scenario, grid: SimGrid, callbacks: Sequence[Callback] = ()) -> RunResult:
     """Run the scenario's Flower app: its ServerApp's main on `grid`, with the app's run config.
 
@@ -188,9 +198,7 @@ def run_app(scenario: Scenario, grid: SimGrid, callbacks: Sequence[Callback] = (
     if app is None:
         raise ValueError("run_app needs a scenario with an app")
     server_app: ServerApp = installed_object(app.server, "app.server")
-    random.seed(int_seed(scenario.seed, "node-sampling"))  # Flower samples with `random`
-    np.random.seed(int_seed(scenario.seed, "server-app") % 2**32)
-    torch.manual_seed(int_seed(scenario.seed, "server-app"))
+    seed_server_generators(scenario)
     for callback in callbacks:
         callback.on_run_start(scenario)
     recorder = _RoundRecorder(scenario, grid, None, None, callbacks)
