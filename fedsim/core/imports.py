@@ -59,16 +59,20 @@ def _installed_packages() -> frozenset[str]:
 
 def installed_entry_points(group: str) -> list[tuple[EntryPoint, Distribution]]:
     """The entry points of `group` and the distribution of each, from installed packages:
-    `sys.path` without the working directory, each distribution once (the first on the
-    path, as Python's own lookup does)."""
+    `sys.path` without the working directory, each distribution once (its first copy on the
+    path that has entry points of `group`). Only those distributions' metadata is parsed:
+    parsing every installed distribution's costs ~0.8 s, paid by every ClientApp process."""
     found: list[tuple[EntryPoint, Distribution]] = []
     seen: set[str] = set()
     for dist in importlib.metadata.distributions(path=_installed_path()):
+        entry_points = [ep for ep in dist.entry_points if ep.group == group]
+        if not entry_points:
+            continue
         key = _normalized(dist.metadata["Name"] or "")
         if key in seen:
             continue
         seen.add(key)
-        found += [(ep, dist) for ep in dist.entry_points if ep.group == group]
+        found += [(ep, dist) for ep in entry_points]
     return found
 
 
