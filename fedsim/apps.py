@@ -3,11 +3,13 @@
 The simulator's pool executes exactly `client_app`; `flwr run` deploys the
 same two objects (see `[tool.flwr.app]` in pyproject.toml). Strategies add
 their client halves to `client_app` as named actions (`train.fedspeed`, ...),
-and this module tells them where the run's task comes from
-(`task_from_run_config`, installed with `use_task_source`). The ClientApp is
-built once, at import, for every run; the Flower mods a scenario names
-(`client_mods`) are applied per message by `scenario_mods`, one mod that reads
-them from the run config, simulated and deployed alike.
+registered when the first message of a run whose strategy has them arrives, so
+a process imports only the strategy it serves (a deployed SuperNode starts a
+process per message). This module tells the client halves where the run's task
+comes from (`task_from_run_config`, installed with `use_task_source`). The
+Flower mods a scenario names (`client_mods`) are applied per message by
+`scenario_mods`, one mod that reads them from the run config, simulated and
+deployed alike.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fedsim.core.services import PARTITION_QUERY
 from fedsim.core.task import Task
 from fedsim.engine.tasks import make_task
 from fedsim.scenario import client_mods
-from strategies import client_actions
+from strategies import strategy_info
 
 
 @functools.lru_cache(maxsize=4)
@@ -77,14 +79,34 @@ def _call_mod(mod: Mod, call_next: ClientAppCallable, message: Message,
     return mod(message, context, call_next)
 
 
+class ScenarioClientApp(ClientApp):
+    """The project's ClientApp: the default actions, and the client actions of each run's
+    strategy, added when a message of that run first needs one."""
+
+    def __init__(self) -> None:
+        super().__init__(mods=[scenario_mods])
+        self._strategies_added: set[str] = set()
+        self.train()(client.train)
+        self.evaluate()(client.evaluate)
+        self.query(PARTITION_QUERY.split(".")[1])(client.partition_info)
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        category, _, action = message.metadata.message_type.partition(".")
+        if action and category != "query":
+            self._add_actions(_cached_scenario(_scenario_json(context.run_config)).strategy.name)
+        return super().__call__(message, context)
+
+    def _add_actions(self, strategy: str) -> None:
+        if strategy in self._strategies_added:
+            return
+        for message_type, function in strategy_info(strategy).client_actions.items():
+            category, action = message_type.split(".")
+            getattr(self, category)(action)(function)
+        self._strategies_added.add(strategy)
+
+
 client.use_task_source(task_from_run_config)
-client_app = ClientApp(mods=[scenario_mods])
-client_app.train()(client.train)
-client_app.evaluate()(client.evaluate)
-client_app.query(PARTITION_QUERY.split(".")[1])(client.partition_info)
-for _message_type, _function in client_actions().items():
-    _category, _action = _message_type.split(".")
-    getattr(client_app, _category)(_action)(_function)
+client_app = ScenarioClientApp()
 
 server_app = ServerApp()
 server_app.main()(deploy.serve)

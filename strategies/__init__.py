@@ -11,7 +11,6 @@ pyproject.toml as in any installed plug-in package.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from flwr.app import Context, Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsim.core.errors import ScenarioError
-from fedsim.core.plugins import PluginError, Registry
+from fedsim.core.plugins import Registry
 from fedsim.core.schema import Scenario, describe_error
 from fedsim.core.services import GridServices
 from fedsim.core.task import Task
@@ -81,17 +80,6 @@ def registry() -> Registry[StrategyInfo]:
     when first used."""
     return Registry("fedsim.strategies", "strategy", "strategies",
                     lambda item: item.name if isinstance(item, StrategyInfo) else None)
-
-
-def client_actions() -> dict[str, ClientFn]:
-    """Every strategy's client actions by message type, e.g. `train.fedspeed`, for the
-    ClientApp. A strategy that fails to load adds none: a run that names it stops at its
-    checks with that strategy's `PluginError`, and other runs are not its hostages."""
-    actions: dict[str, ClientFn] = {}
-    for name in registry().names():
-        with contextlib.suppress(PluginError):
-            actions.update(strategy_info(name).client_actions)
-    return actions
 
 
 def strategy_info(name: str) -> StrategyInfo:

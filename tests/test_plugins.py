@@ -140,7 +140,6 @@ def test_a_plugin_that_fails_to_import_is_one_line_when_used(broken_plugin) -> N
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip() == f"error: {QUICKSTART}: {BROKEN}"
     assert CliRunner().invoke(app, ["validate", str(QUICKSTART)]).exit_code == 0
-    assert "train.fedspeed" in strategies.client_actions()  # the ClientApp is no hostage
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_when_listed(broken_plugin) -> None:
@@ -190,3 +189,25 @@ def test_a_run_imports_only_the_plugins_it_names() -> None:
     assert json.loads(done.stdout) == ["fedsim.engine.tasks.arrays",  # digits' base class
                                        "fedsim.engine.tasks.digits",
                                        "fedsim.engine.tasks.partition", "strategies.flower"]
+
+
+def test_the_client_app_imports_only_the_strategy_its_run_names() -> None:
+    """A deployed SuperNode starts a ClientApp process per message: it adds the client
+    actions of the run's strategy (here FedSpeed's `train.fedspeed`) when a message needs
+    them, and imports no other strategy (nor a broken plug-in, which stays no hostage)."""
+    child = textwrap.dedent(f"""
+        import json, sys
+        from fedsim.runner import simulate
+        from fedsim.scenario import load_scenario
+        scenario = load_scenario({str(QUICKSTART)!r}, ["strategy.name=fedspeed", "rounds=1",
+                                 "clients.count=2", "backend.kind=inline",
+                                 "training.momentum=0"])
+        before = sorted(m for m in sys.modules if m.startswith("strategies."))
+        simulate(scenario)
+        after = sorted(m for m in sys.modules if m.startswith("strategies."))
+        print(json.dumps([before, after]))
+    """)
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [["strategies.fedspeed"]] * 2
