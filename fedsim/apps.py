@@ -81,11 +81,13 @@ def _call_mod(mod: Mod, call_next: ClientAppCallable, message: Message,
 
 class ScenarioClientApp(ClientApp):
     """The project's ClientApp: the default actions, and the client actions of each run's
-    strategy, added when a message of that run first needs one."""
+    strategy, added when a message of that run first needs one. Strategies of one module
+    may share an action (`train.dfedsam`): it is added once."""
 
     def __init__(self) -> None:
         super().__init__(mods=[scenario_mods])
         self._strategies_added: set[str] = set()
+        self._actions_added: set[str] = set()
         self.train()(client.train)
         self.evaluate()(client.evaluate)
         self.query(PARTITION_QUERY.split(".")[1])(client.partition_info)
@@ -100,8 +102,10 @@ class ScenarioClientApp(ClientApp):
         if strategy in self._strategies_added:
             return
         for message_type, function in strategy_info(strategy).client_actions.items():
-            category, action = message_type.split(".")
-            getattr(self, category)(action)(function)
+            if message_type not in self._actions_added:
+                category, action = message_type.split(".")
+                getattr(self, category)(action)(function)
+                self._actions_added.add(message_type)
         self._strategies_added.add(strategy)
 
 

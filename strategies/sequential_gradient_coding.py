@@ -794,5 +794,6 @@ STRATEGIES = (
                  "with deadline T = B under (B, W, λ)-bursty stragglers", SGCParams,
                  _builder("sr_sgc"), {MESSAGE_TYPE: train_sgc}),
     StrategyInfo("m_sgc", "M-SGC: repetition and coding multiplexed over rounds, delayed GD "
-                 "with deadline T = W−2+B", SGCParams, _builder("m_sgc")),
+                 "with deadline T = W−2+B", SGCParams, _builder("m_sgc"),
+                 {MESSAGE_TYPE: train_sgc}),
 )
