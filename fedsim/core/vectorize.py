@@ -68,28 +68,36 @@ def train_group(task: Task, jobs: Sequence[tuple[Message, int, int]]) -> list[Me
 
     hyper = {name: {k: per_client(k, [getattr(c, name) for c in configs]) for k in params}
              for name in ("lr", "momentum", "weight_decay")}
+    # torch's SGD skips weight decay and momentum where they are 0; so does a group whose
+    # clients all have them 0 (g + 0 p and 0 b + d are g and d, but cost a pass each)
+    decay = any(c.weight_decay for c in configs)
+    momentum = any(c.momentum for c in configs)
     mu = torch.tensor([c.proximal_mu for c in configs], device=device)
     x, y, mask = _padded_batches(data, steps, device)
-    active = (mask.sum(dim=2) > 0)  # (steps, G): the client has this step
-    samples = [0] * len(jobs)
-    loss_sums = [0.0] * len(jobs)
-    loss_fn = vmap(_client_loss(model, proximal=any(c.proximal_mu for c in configs)))
+    counts = mask.sum(dim=2)  # (steps, G): each client's samples in each step; 0: no step
+    everyone = (counts > 0).all(dim=1).tolist()  # steps every client of the group has
+    loss_sums = torch.zeros(len(jobs), dtype=torch.float64, device=device)
+    loss_fn = _group_losses(model, proximal=any(c.proximal_mu for c in configs))
     for s in range(x.shape[0]):
         leaves = {k: p.requires_grad_() for k, p in params.items()}
         losses = loss_fn(leaves, anchor, mu, x[s], y[s], mask[s])
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         with torch.no_grad():
-            step = active[s]
+            loss_sums += losses.double() * counts[s]  # as `local_sgd`: loss x batch size
             for (k, p), g in zip(leaves.items(), grads, strict=True):
-                keep = step.reshape((-1,) + (1,) * (p.dim() - 1))
-                d = g + hyper["weight_decay"][k] * p
-                buffer = hyper["momentum"][k] * buffers[k] + d
-                buffers[k] = torch.where(keep, buffer, buffers[k])
-                params[k] = torch.where(keep, p - hyper["lr"][k] * buffer, p.detach())
-        counts = mask[s].sum(dim=1).tolist()
-        for i, (loss, count) in enumerate(zip(losses.tolist(), counts, strict=True)):
-            samples[i] += int(count)
-            loss_sums[i] += loss * int(count)
+                p = p.detach()
+                d = g + hyper["weight_decay"][k] * p if decay else g
+                if momentum:
+                    d = hyper["momentum"][k] * buffers[k] + d
+                updated = p - hyper["lr"][k] * d
+                if not everyone[s]:  # a client without this step keeps what it has
+                    keep = (counts[s] > 0).reshape((-1,) + (1,) * (p.dim() - 1))
+                    updated = torch.where(keep, updated, p)
+                    d = torch.where(keep, d, buffers[k])
+                params[k] = updated
+                buffers[k] = d
+    samples = counts.sum(dim=0).long().tolist()
+    losses_per_client = (loss_sums / counts.sum(dim=0).clamp(min=1)).tolist()
     replies = []
     for i, (message, _, _) in enumerate(jobs):
         with torch.no_grad():
@@ -97,7 +105,7 @@ def train_group(task: Task, jobs: Sequence[tuple[Message, int, int]]) -> list[Me
                 p.copy_(params[k][i])
         replies.append(reply(message, model_to_arrays(model),
                              **{"num-examples": len(data[i]),
-                                "train_loss": loss_sums[i] / max(samples[i], 1),
+                                "train_loss": losses_per_client[i],
                                 WORK_KEY: samples[i]}))
     return replies
 
@@ -143,20 +151,23 @@ def _padded_batches(data: Sequence[Dataset], steps: Sequence[Sequence[torch.Tens
     return stack(xs), stack(ys), stack(masks)
 
 
-def _client_loss(model: torch.nn.Module, proximal: bool) -> Callable[..., torch.Tensor]:
-    """One client's loss on one padded batch: the task's cross-entropy over its real samples,
-    plus FedProx's proximal term where a client of the group has mu > 0 (mu/2 x 0 = 0 adds
-    nothing to the others)."""
+def _group_losses(model: torch.nn.Module, proximal: bool) -> Callable[..., torch.Tensor]:
+    """Each client's loss on its padded batch (G,): the task's cross-entropy over its real
+    samples, plus FedProx's proximal term where a client of the group has mu > 0 (mu/2 x 0
+    = 0 adds nothing to the others). Only the model runs under `vmap`: the loss is computed
+    on all the group's logits at once, which is much cheaper than batching it too."""
+    forward = vmap(lambda params, x: functional_call(model, params, (x,)))
 
-    def loss(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor],
-             mu: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-             ) -> torch.Tensor:
-        logits = functional_call(model, params, (x,))
-        per_sample = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-        value = (per_sample * mask).sum() / mask.sum().clamp(min=1)
+    def losses(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor],
+               mu: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+               ) -> torch.Tensor:
+        logits = forward(params, x)  # (G, batch, classes, ...)
+        per_sample = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), y.flatten(0, 1), reduction="none").reshape(*mask.shape, -1)
+        value = (per_sample.mean(dim=2) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         if not proximal:
             return value
-        distance = sum(((params[k] - anchor[k]) ** 2).sum() for k in params)
+        distance = sum(((params[k] - anchor[k]) ** 2).flatten(1).sum(dim=1) for k in params)
         return value + mu / 2 * distance
 
-    return loss
+    return losses
