@@ -13,7 +13,8 @@ import torch
 from fedsim.checks import check_run
 from fedsim.core.codec import flatten
 from fedsim.core.errors import ScenarioError
-from fedsim.core.vectorize import unsupported_layer
+from fedsim.core import vectorize
+from fedsim.core.vectorize import train_group, unsupported_layer
 from fedsim.engine import pool
 from fedsim.engine.placement import ActorGroup
 from fedsim.engine.tasks import models
@@ -57,9 +58,17 @@ def _without_wall_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
 
 
-def test_logreg_group_is_the_per_client_path_within_1e6():
+def test_logreg_group_is_the_per_client_path_within_1e6(monkeypatch):
     per_client = _run(LOGREG)
+    sizes: list[int] = []
+
+    def spy(task: Any, jobs: Any) -> Any:
+        sizes.append(len(jobs))
+        return train_group(task, jobs)
+
+    monkeypatch.setattr(vectorize, "train_group", spy)
     vectorised = _run(LOGREG, backend__vectorize=4)
+    assert sizes == [4, 2] * 5  # 6 clients a round in groups of 4 and 2: it did run grouped
     assert _relative(flatten(vectorised.arrays), flatten(per_client.arrays)) <= 1e-6
     losses = [r["train_loss"] for r in per_client.records[1:]]
     np.testing.assert_allclose([r["train_loss"] for r in vectorised.records[1:]], losses,
