@@ -109,9 +109,11 @@ def test_groups_are_the_scenarios_whatever_the_workers():
 
 
 def test_vectorised_runs_are_bit_identical_across_workers_and_backends(ray_cluster):
-    one = _run(LOGREG, backend__vectorize=4)
-    three = _run(LOGREG, backend={"kind": "inline", "num_actors": 3, "vectorize": 4})
-    on_ray = _run(LOGREG, backend={"kind": "ray", "num_actors": 2, "vectorize": 4})
+    """The CNN: a batched convolution's bits depend on the group it computes (groups fixed
+    by the number of workers make this fail; logreg's would not show it)."""
+    one = _run(CNN, backend__vectorize=3)
+    three = _run(CNN, backend={"kind": "inline", "num_actors": 3, "vectorize": 3})
+    on_ray = _run(CNN, backend={"kind": "ray", "num_actors": 2, "vectorize": 3})
     for other in (three, on_ray):
         np.testing.assert_array_equal(flatten(other.arrays), flatten(one.arrays))
         assert _without_wall_time(other.records) == _without_wall_time(one.records)
