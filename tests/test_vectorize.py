@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fedsim.checks import check_run
+from fedsim.core import vectorize
 from fedsim.core.codec import flatten
 from fedsim.core.errors import ScenarioError
-from fedsim.core import vectorize
 from fedsim.core.vectorize import train_group, unsupported_layer
 from fedsim.engine import pool
 from fedsim.engine.placement import ActorGroup
