@@ -129,6 +129,46 @@ def fedsim_stamps(scenario: dict[str, Any], client_app: str | None = None
     return stamps, result
 
 
+def plain_fedavg_stamps(task: Any, config: Any, nodes: int, per_round: int, rounds: int,
+                        device: str = "cpu") -> tuple[list[float], float]:
+    """The floor of a per-client loop: each round, sample `per_round` of `nodes` clients,
+    train each in turn with `local_sgd` (`config`: a `TrainConfig`) on `device`, and average
+    the state dicts weighted by samples. Returns (end-of-round stamps, last train loss)."""
+    import random
+
+    import torch
+
+    from fedsim.core.device import computing_on, usable_device
+    from fedsim.core.seeding import int_seed
+    from fedsim.core.training import local_sgd
+
+    torch.set_num_threads(1)
+    on = usable_device(device)
+    torch.manual_seed(0)
+    model = task.make_model().to(on)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    sampler = random.Random(0)
+    stamps, loss = [time.perf_counter()], float("nan")
+    for round_ in range(1, rounds + 1):
+        total, acc, loss_sum = 0, {k: torch.zeros_like(v) for k, v in state.items()}, 0.0
+        for node in sampler.sample(range(nodes), per_round):
+            torch.default_generator.manual_seed(int_seed(0, "job", node, round_, 0))
+            model.load_state_dict(state)
+            data = task.train_data(node)
+            with computing_on(on):
+                _, node_loss = local_sgd(model, task, data, config)
+            for k, v in model.state_dict().items():
+                acc[k] += v * len(data)
+            total += len(data)
+            loss_sum += node_loss * len(data)
+        state = {k: v / total for k, v in acc.items()}
+        loss = loss_sum / total
+        if on.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+    return stamps, loss
+
+
 def flower_fedavg_stamps(scenario: dict[str, Any], workers: int, device: str = "cpu",
                          client_gpus: float = 0.0, gpus: int = 0) -> tuple[list[float], float]:
     """The scenario's FedAvg workload on `flwr.simulation.run_simulation` (Ray backend).

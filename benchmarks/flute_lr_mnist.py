@@ -11,6 +11,9 @@ no evaluation. Systems, each in its own process:
   fedsim-inline  `fedsim.runner.simulate`, backend inline (one process, like plain).
   fedsim         `fedsim.runner.simulate`, backend ray, `--workers` actors.
   flower         `flwr.simulation.run_simulation` with Flower's FedAvg (Ray backend).
+  fedsim-vectorised  fedsim inline with `backend.vectorize: <per round>`: the round's
+                 clients train as one batched computation (targets: >= 3x faster than
+                 plain, >= 50x faster than Flower).
 
 Targets: fedsim within 1.5x of plain (best fedsim backend / plain <= 1.5) and
 flower / fedsim >= 5. Each round does very little work (10 x 6 batches of 10 x 784),
@@ -132,7 +135,42 @@ def report(args: argparse.Namespace) -> None:
         print(verdict(f"{system} / plain", t / plain if plain else None, TARGET_VS_PLAIN, False))
         print(verdict(f"flower / {system}", flower / t if flower else None, TARGET_VS_FLOWER,
                       True))
+    vectorised_verdicts(results)  # the vectorised row, below
     print_errors(results)
+
+
+# ------------------------------------------------------------------------------------------
+# The vectorised row (issue 24, item 1): fedsim inline with `backend.vectorize` = clients per
+# round, so a round's clients train as one batched computation (`fedsim.core.vectorize`).
+# Targets: >= 3x faster than plain, >= 50x faster than Flower.
+
+VECTORISED = "fedsim-vectorised"
+SYSTEMS += (VECTORISED,)
+TARGET_VECTORISED_VS_PLAIN = 3.0
+TARGET_FLOWER_VS_VECTORISED = 50.0
+
+
+def run_vectorised(args: argparse.Namespace) -> tuple[list[float], float]:
+    spec = scenario(args, "inline")
+    spec["backend"]["vectorize"] = args.per_round
+    stamps, result = fedsim_stamps(spec)
+    return stamps, result.records[-1].get("train_loss", float("nan"))
+
+
+RUNNERS[VECTORISED] = run_vectorised
+
+
+def vectorised_verdicts(results: dict[str, dict[str, Any]]) -> None:
+    plain, flower = mean_round(results, "plain"), mean_round(results, "flower")
+    t = mean_round(results, VECTORISED)
+    if t is None:
+        return
+    print(verdict(f"plain / {VECTORISED}", plain / t if plain else None,
+                  TARGET_VECTORISED_VS_PLAIN, True))
+    print(verdict(f"flower / {VECTORISED}", flower / t if flower else None,
+                  TARGET_FLOWER_VS_VECTORISED, True))
+
+# ------------------------------------------------------------------- end of the vectorised row
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from fedsim.core.errors import ScenarioError
 from fedsim.core.imports import distribution_folders
 from fedsim.core.schema import Scenario
 from fedsim.core.task import Task
+from fedsim.core.vectorize import unsupported_layer
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.placement import plan_groups, resolve_device
 from fedsim.engine.tasks import make_task, task_class
@@ -61,6 +62,7 @@ def build_checked(scenario: Scenario, context: BuildContext, checkpointing: bool
     `checkpointing`: the run writes or resumes from checkpoints, which a strategy
     with its own round loop must support.
     """
+    check_vectorize(scenario, context.task)
     try:
         strategy = build_strategy(scenario, context)
     except ValueError as exc:  # a builder's plain check of the scenario
@@ -113,6 +115,9 @@ def check_backend(scenario: Scenario) -> None:
     (`fedsim.engine.placement`)."""
     backend = scenario.backend
     ray_runtime_env(scenario)
+    if scenario.app is not None and backend.vectorize:
+        raise ScenarioError("backend.vectorize: a Flower app's clients run its own ClientApp, "
+                            "one at a time; set vectorize: 0")
     if backend.device == "cpu":
         return
     if scenario.app is not None:
@@ -129,6 +134,34 @@ def check_backend(scenario: Scenario) -> None:
         resolve_device(backend, local_gpus(), on_ray=backend.kind == "ray")
     if backend.kind == "inline":
         plan_groups(backend, scenario.clients, scenario.seed, None, local_gpus())
+
+
+def check_vectorize(scenario: Scenario, task: Task) -> None:
+    """`backend.vectorize` only where a group trains exactly as its clients would one by one
+    (`fedsim.core.vectorize`): the default train action, no client mods, the task's default
+    cross-entropy loss, a model without per-client random draws or batch statistics."""
+    if not scenario.backend.vectorize:
+        return
+    if strategy_info(scenario.strategy.name).client_actions:
+        raise ScenarioError(f"backend.vectorize: strategy {scenario.strategy.name!r} trains "
+                            "with client halves of its own, which keep per-node state or run "
+                            "their own steps; vectorised groups run the default train (FedAvg, "
+                            "FedProx and Flower's other strategies); set vectorize: 0")
+    if scenario.client_mods.train:
+        raise ScenarioError("backend.vectorize: client_mods.train wraps each client's train "
+                            "message, which a vectorised group does not handle one by one; "
+                            "remove the mods or set vectorize: 0")
+    if type(task).loss is not Task.loss:
+        raise ScenarioError(f"backend.vectorize: task {scenario.task.name!r} has a loss of its "
+                            "own; vectorised groups train with the default cross-entropy; set "
+                            "vectorize: 0")
+    with torch.random.fork_rng(devices=[]):
+        layer = unsupported_layer(task.make_model())
+    if layer is not None:
+        raise ScenarioError(f"backend.vectorize: task.model {task.model_name!r} has layer "
+                            f"{layer}, which a vectorised group cannot train as its clients "
+                            "would one by one (dropout, batch or instance norm, recurrent "
+                            "layers); set vectorize: 0")
 
 
 CODE_FILES = ("*.py", "*.pyc", "*.pyo", "*.so", "*.pyd")

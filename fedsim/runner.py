@@ -101,7 +101,8 @@ def simulate(scenario: Scenario, callbacks: Sequence[Callback] = (),
     torch.set_num_threads(1)  # the same float results whatever the backend
     checkpoint = ckpt.load(run_dir) if resume and run_dir is not None else None
     backend, app = scenario.backend, scenario.app
-    spec = (WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario))
+    spec = (WorkerSpec(client_app, RUN_ID, scenario.clients.count, run_config(scenario),
+                       backend.vectorize)
             if app is None else
             WorkerSpec(app.client, RUN_ID, scenario.clients.count, dict(app.run_config)))
     def plan(cluster: Cluster | None) -> list[ActorGroup]:

@@ -350,6 +350,10 @@ class BackendSpec(Spec):
         default=ActorResources(), description="what each actor asks of Ray (default: 1 CPU, "
         "and 1 GPU when device is cuda)")
     runtime_env: RuntimeEnvSpec | None = None
+    vectorize: int = Field(
+        default=0, ge=0, le=10_000, description="train the clients of a round in groups of "
+        "this many, G consecutive in sample order, as one batched computation (0: one client "
+        "at a time); default train action (FedAvg, FedProx...) and stateless clients only")
 
 
 class EvaluationSpec(Spec):

@@ -45,14 +45,23 @@ class TrainConfig:
 
 def local_batches(data: Dataset, config: TrainConfig,
                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Minibatches for one round of local work: `local_steps` batches, else epochs.
+    """Minibatches for one round of local work (`batch_indices`), on the job's device.
 
-    Each epoch is a fresh permutation; steps cycle through epochs as needed.
     The batch order comes from torch's CPU generator, seeded per job by the pool, so it is
     the same whichever device the batches are moved to (`compute_device`).
     """
     device = compute_device()
-    n = len(data)
+    for index in batch_indices(len(data), config, generator):
+        yield data.x[index].to(device), data.y[index].to(device)
+
+
+def batch_indices(n: int, config: TrainConfig, generator: torch.Generator | None = None
+                  ) -> Iterator[torch.Tensor]:
+    """The sample indices of each minibatch of one round: `local_steps` batches, else epochs.
+
+    Each epoch is a fresh permutation; steps cycle through epochs as needed. The one
+    definition of a client's batch order, for the per-client and vectorised paths alike.
+    """
     if n == 0:
         return
     size = min(config.batch_size, n)
@@ -61,8 +70,7 @@ def local_batches(data: Dataset, config: TrainConfig,
     while done < total:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, size):
-            index = order[start:start + size]
-            yield data.x[index].to(device), data.y[index].to(device)
+            yield order[start:start + size]
             done += 1
             if done == total:
                 return

@@ -7,7 +7,11 @@ worker that holds it, so that state stays where it is across rounds. Stateless
 nodes (plain FedAvg) go wherever there is room; results do not depend on the
 placement, since every job seeds torch with its own key. The driver sends a
 worker all of its jobs of a push in one call, and a broadcast payload crosses
-to each worker once, not once per node.
+to each worker once, not once per node. With `backend.vectorize: G`, a push's train
+jobs form groups of G consecutive jobs (in the order the strategy pushed them, within a
+group of workers), each group run by one worker as one computation
+(`fedsim.core.vectorize`); the groups depend on the scenario only, never on the number of
+workers, so results do not either.
 
 `InlinePool` runs the workers in the driver process (tests, debugging);
 `RayPool` runs them as Ray actors. Both execute the same `ClientWorker` code, so
@@ -60,6 +64,7 @@ class Job:
     content_index: int  # into the payload list sent with the batch
     seed: int  # for torch and for downlink noise: keyed by (node, round, job)
     downlink_sigma: float = 0.0
+    together: int = -1  # >= 0: the vectorised group (`backend.vectorize`) it trains in
 
 
 @dataclass
@@ -82,6 +87,7 @@ class WorkerSpec:
     run_id: int
     num_partitions: int
     run_config: dict[str, Any] = field(default_factory=dict)
+    vectorize: int = 0  # `backend.vectorize`: train jobs in groups of this many (0: one by one)
 
 
 def load_object(ref: str) -> Any:
@@ -130,16 +136,13 @@ class ClientWorker:
             return self._run(jobs, payloads)
 
     def _run(self, jobs: list[Job], payloads: list[RecordDict]) -> list[JobResult]:
-        from fedsim.engine.channel import add_noise
-
+        grouped = self._run_groups([job for job in jobs if job.together >= 0], payloads)
         results = []
         for job in jobs:
-            content = payloads[job.content_index]
-            if job.downlink_sigma > 0:
-                content = add_noise(content, job.downlink_sigma, rng(job.seed, "downlink-noise"))
-            message = Message(content, dst_node_id=job.node_id, message_type=job.message_type,
-                              group_id=job.group_id)
-            message.metadata.__dict__["_message_id"] = job.message_id
+            if job.message_id in grouped:
+                results.append(grouped[job.message_id])
+                continue
+            message = _message(job, payloads)
             TaskIdentity.node_id = job.node_id
             seed_job(self.device, job.seed)
             context = self.context(job.node_id, job.partition_id)
@@ -165,6 +168,34 @@ class ClientWorker:
                 results.append(JobResult(job.message_id, reply.content, stateful=stateful))
         return results
 
+    def _run_groups(self, jobs: list[Job], payloads: list[RecordDict]
+                    ) -> dict[str, JobResult]:
+        """Vectorised groups' train jobs, each group as one computation
+        (`fedsim.core.vectorize`); results by message id."""
+        from fedsim.core.client import run_task
+        from fedsim.core.vectorize import train_group
+
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.together, []).append(job)
+        results: dict[str, JobResult] = {}
+        task = run_task(self.spec.run_config, self.spec.num_partitions) if groups else None
+        for group in groups.values():
+            try:
+                assert task is not None, "vectorised groups train fedsim's tasks (validation)"
+                replies = train_group(task, [(_message(job, payloads), job.partition_id,
+                                              job.seed) for job in group])
+            except Exception as exc:  # the group's clients fail together, each with the error
+                reason = f"{type(exc).__name__}: {exc}"
+                log.debug("a vectorised group raised %s", reason)  # the driver logs it
+                results.update((job.message_id, JobResult(
+                    job.message_id, None, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason,
+                    traceback=traceback.format_exc())) for job in group)
+                continue
+            results.update((job.message_id, JobResult(job.message_id, reply.content))
+                           for job, reply in zip(group, replies, strict=True))
+        return results
+
     def describe(self) -> dict[str, Any]:
         """What this worker computes on (on Ray, also where it runs)."""
         return {"device": str(self.device)}
@@ -178,6 +209,19 @@ class ClientWorker:
         """Put back node states saved by `get_states` (when resuming a run)."""
         for node, (partition, state) in states.items():
             self.context(node, partition).state = state
+
+
+def _message(job: Job, payloads: list[RecordDict]) -> Message:
+    """The message a job delivers (with its downlink noise, if any)."""
+    from fedsim.engine.channel import add_noise
+
+    content = payloads[job.content_index]
+    if job.downlink_sigma > 0:
+        content = add_noise(content, job.downlink_sigma, rng(job.seed, "downlink-noise"))
+    message = Message(content, dst_node_id=job.node_id, message_type=job.message_type,
+                      group_id=job.group_id)
+    message.metadata.__dict__["_message_id"] = job.message_id
+    return message
 
 
 def _require_a_token() -> None:
@@ -224,12 +268,13 @@ class Pool(Protocol):
 def _split(jobs: list[Job], num_workers: int, pinned: dict[int, int]) -> dict[int, list[Job]]:
     """Jobs per worker: pinned nodes to their worker, the rest evenly, in push order.
 
-    All jobs of one node in a push go to the same worker, in order. The split is
+    All jobs of one node in a push go to the same worker, in order, and so do all jobs of
+    one vectorised group (`Job.together`, set by `_Groups.split`). The split is
     a pure function of its inputs, so it is the same on every run.
     """
-    by_node: dict[int, list[Job]] = {}
+    by_node: dict[Any, list[Job]] = {}
     for job in jobs:
-        by_node.setdefault(job.node_id, []).append(job)
+        by_node.setdefault(_unit(job), []).append(job)
     load = [0] * num_workers
     worker_of: dict[int, int] = {}
     for node, node_jobs in by_node.items():
@@ -242,8 +287,13 @@ def _split(jobs: list[Job], num_workers: int, pinned: dict[int, int]) -> dict[in
             load[worker_of[node]] += len(node_jobs)
     batches: dict[int, list[Job]] = {}
     for job in jobs:
-        batches.setdefault(worker_of[job.node_id], []).append(job)
+        batches.setdefault(worker_of[_unit(job)], []).append(job)
     return batches
+
+
+def _unit(job: Job) -> Any:
+    """What goes to one worker: a node's jobs, or a vectorised group's."""
+    return job.node_id if job.together < 0 else ("together", job.together)
 
 
 class _Groups:
@@ -251,7 +301,8 @@ class _Groups:
     `start[g] + size[g] - 1`; a partition goes to the group that lists it, else to the
     group that lists none."""
 
-    def __init__(self, groups: list[ActorGroup]) -> None:
+    def __init__(self, groups: list[ActorGroup], vectorize: int = 0) -> None:
+        self.vectorize = vectorize
         self.size = [g.num_workers for g in groups]
         self.worker_group = [g.name for g in groups for _ in range(g.num_workers)]
         self.start = [sum(self.size[:g]) for g in range(len(groups))]
@@ -282,7 +333,13 @@ class _Groups:
         for job in jobs:
             by_group.setdefault(self.of(job.partition_id), []).append(job)
         batches: dict[int, list[Job]] = {}
+        together = 0
         for g, group_jobs in by_group.items():
+            if self.vectorize:  # G consecutive train jobs, whatever the number of workers
+                trains = [i for i, job in enumerate(group_jobs) if job.message_type == "train"]
+                for k, i in enumerate(trains):
+                    group_jobs[i] = replace(group_jobs[i], together=together + k // self.vectorize)
+                together += -(-len(trains) // self.vectorize)
             start, size = self.start[g], self.size[g]
             own = {node: w - start for node, w in pinned.items() if start <= w < start + size}
             for w, batch in _split(group_jobs, size, own).items():
@@ -317,7 +374,7 @@ class InlinePool:
     def __init__(self, spec: WorkerSpec, groups: list[ActorGroup] | None = None) -> None:
         _set_task_identity(spec.run_id)
         groups = groups or [ActorGroup(1)]
-        self._groups = _Groups(groups)
+        self._groups = _Groups(groups, spec.vectorize)
         self.workers = [ClientWorker(spec, g.device) for g in groups
                         for _ in range(g.num_workers)]
         self.num_workers = len(self.workers)
@@ -391,7 +448,7 @@ class RayPool:
         # actors' resources a moment after they are killed
         groups = plan(Cluster(ray.cluster_resources(),
                               [n["Resources"] for n in ray.nodes() if n["Alive"]]))
-        self._groups = _Groups(groups)
+        self._groups = _Groups(groups, spec.vectorize)
         remote = ray.remote(_RayWorker)
         runtime_env = _uploaded(runtime_env) if runtime_env else None
         self._actor_classes = [remote.options(**g.options, runtime_env=runtime_env)

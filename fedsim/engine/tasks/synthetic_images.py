@@ -26,6 +26,7 @@ from torch import nn
 from fedsim.core.errors import ScenarioError
 from fedsim.core.seeding import rng
 from fedsim.core.task import Dataset, Task, TaskParams
+from fedsim.engine.tasks.models import FedAvgCNN
 
 
 class SyntheticImagesParams(TaskParams):
@@ -61,8 +62,9 @@ class SmallImageCNN(nn.Module):
 
 class SyntheticImagesTask(Task):
     name = "synthetic_images"
-    summary = "seeded class-blob images, MNIST-shaped by default, per-client lazy (cnn | logreg)"
-    models = ("cnn", "logreg")
+    summary = ("seeded class-blob images, MNIST-shaped by default, per-client lazy "
+               "(cnn | logreg | fedavg_cnn)")
+    models = ("cnn", "logreg", "fedavg_cnn")
     Params = SyntheticImagesParams
     params: SyntheticImagesParams
     cuda = True  # torch only: the default client path may train it on a GPU
@@ -79,6 +81,8 @@ class SyntheticImagesTask(Task):
             if min(shape[1:]) < 4:
                 raise ValueError(f"the cnn needs images of at least 4x4, got {shape}")
             return SmallImageCNN(shape, classes)
+        if self.model_name == "fedavg_cnn":  # CIFAR-shaped benchmarks (benchmarks/pfl_cifar.py)
+            return FedAvgCNN(shape, classes)
         return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), classes))
 
     @functools.cached_property
