@@ -255,9 +255,9 @@ class ChannelSpec(Spec):
     """The links every device uses unless its tier has its own. `preset` fills both from
     measurements (`NETWORK_PRESETS`); keys given beside it win."""
 
-    preset: Preset | None = None
     uplink: LinkSpec = LinkSpec()
     downlink: LinkSpec = LinkSpec()
+    preset: Preset | None = None
 
     @model_validator(mode="before")
     @classmethod
