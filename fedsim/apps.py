@@ -22,6 +22,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import ServerApp
 
 from fedsim import deploy
+from fedsim.calibration import measure_compute
 from fedsim.core import client
 from fedsim.core.schema import Scenario, scenario_to_dict
 from fedsim.core.services import PARTITION_QUERY
@@ -78,7 +79,7 @@ def _call_mod(mod: Mod, call_next: ClientAppCallable, message: Message,
 
 
 client.use_task_source(task_from_run_config)
-client_app = ClientApp(mods=[scenario_mods])
+client_app = ClientApp(mods=[measure_compute, scenario_mods])
 client_app.train()(client.train)
 client_app.evaluate()(client.evaluate)
 client_app.query(PARTITION_QUERY.split(".")[1])(client.partition_info)
