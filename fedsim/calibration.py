@@ -5,8 +5,9 @@ ClientApp reports how long its handler computed (`COMPUTE_S_KEY`, measured on th
 by `measure_compute`). Per node, the trace (`fedsim.traces`, in the run directory) gets
 its speed, the samples it processed over the seconds it computed, and the rest of a job's
 time, push to reply minus compute (transfer, the SuperNode's polling, starting the
-ClientApp), as a fixed latency split between downlink and uplink. A scenario that names
-the run directory in `clients.trace` replays those devices, e.g. with more local epochs.
+ClientApp, loading the node's data), as a fixed latency split between downlink and uplink.
+A scenario that names the run directory in `clients.trace` replays those devices, e.g. with
+more local epochs.
 Bandwidth is left unlimited: on one machine a job's overhead does not grow with its bytes.
 """
 
@@ -25,6 +26,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fedsim.core.client import client_task
 from fedsim.core.keys import COMPUTE_S_KEY, WORK_KEY
 from fedsim.core.services import PartitionMap
 from fedsim.engine.traces import TraceDevice
@@ -40,11 +42,18 @@ which would round every measured job up to a multiple of 3 s)."""
 def measure_compute(message: Message, context: Context, call_next: ClientAppCallable
                     ) -> Message:
     """A ClientApp mod: a deployed train or evaluate reply carries the seconds its handler
-    took (`COMPUTE_S_KEY`) in its first metric record. A simulated run (its run config
-    holds the scenario itself) is left alone: its time is virtual."""
+    took (`COMPUTE_S_KEY`) in its first metric record. The node's data is loaded before the
+    clock starts: a deployed ClientApp process loads it for every message, a fixed cost
+    that does not grow with the work. A simulated run (its run config holds the scenario
+    itself) is left alone: its time is virtual."""
+    deployed = "scenario-json" not in context.run_config
+    if not deployed or message.metadata.message_type.split(".")[0] not in ("train", "evaluate"):
+        return call_next(message, context)
+    task, partition = client_task(context)
+    task.train_data(partition)
     start = time.perf_counter()
     reply = call_next(message, context)
-    if "scenario-json" in context.run_config or reply.has_error():
+    if reply.has_error():
         return reply
     for record in reply.content.metric_records.values():
         record[COMPUTE_S_KEY] = time.perf_counter() - start

@@ -76,7 +76,9 @@ def test_a_preset_fills_the_links_and_keys_given_beside_it_win():
     assert tier.uplink.shared and tier.uplink.bandwidth_mbps == 30.0
     assert not tier.downlink.shared
     with pytest.raises(ScenarioError, match=r"channel: downlink\.shared: sharing applies to"):
-        scenario(channel={"downlink": {"shared": True}})
+        scenario(channel={"downlink": {"shared": True, "bandwidth_mbps": 1.0}})
+    with pytest.raises(ScenarioError, match=r"channel\.uplink: .*needs its bandwidth_mbps"):
+        scenario(channel={"uplink": {"shared": True}})
 
 
 def _upload_times(n: int, shared: bool) -> list[float]:

@@ -215,6 +215,13 @@ class LinkSpec(Spec):
     shared: bool = Field(default=False, description="uplink only: one cell whose bandwidth is "
                          "divided equally among the uploads in flight")
 
+    @model_validator(mode="after")
+    def _shared_needs_bandwidth(self) -> LinkSpec:
+        if self.shared and self.bandwidth_mbps is None:
+            raise ValueError("shared: a shared cell needs its bandwidth_mbps (unlimited "
+                             "bandwidth has nothing to share)")
+        return self
+
 
 NETWORK_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ethernet": {"uplink": {"bandwidth_mbps": 100.0, "latency_s": 0.001},

@@ -283,7 +283,7 @@ class SimGrid(Grid):
         counters[TRANSFER_S] += timing.up
         computed = dispatch.start + timing.compute
         arrival = computed + timing.up
-        if uplink.shared and uplink.bandwidth_mbps is not None:
+        if uplink.shared:
             tier = int(self.devices.tier_of[node])
             cell_key = tier if self.devices.tiers[tier].uplink is not None else -1
             cell = self._cells.get(cell_key)
