@@ -151,12 +151,16 @@ def load_trace(spec: TraceSpec, count: int, seed: int) -> list[TraceDevice]:
 # ---------------------------------------------------------------- FedScale
 
 
+class _GlobalRefused(pickle.UnpicklingError):
+    """The pickle names a global (a class, a function): refused before it is looked up."""
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Builds dicts, lists, tuples, numbers and strings; any global (a class, a function)
     is refused before it is looked up."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        raise _GlobalRefused(f"it refers to {module}.{name}")
 
 
 def read_data_pickle(path: Path) -> Any:
@@ -164,11 +168,11 @@ def read_data_pickle(path: Path) -> Any:
     raw = _read_bounded(path)
     try:
         return _DataOnlyUnpickler(io.BytesIO(raw)).load()
-    except pickle.UnpicklingError as exc:
+    except _GlobalRefused as exc:
         raise ScenarioError(f"{path}: refused: {exc}; a trace pickle may hold only dicts, "
                             "lists, numbers and strings") from None
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            MemoryError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, MemoryError) as exc:
         raise ScenarioError(f"{path}: not a readable pickle ({type(exc).__name__})") from None
 
 
