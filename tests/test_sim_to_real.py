@@ -65,3 +65,17 @@ def test_a_calibrated_simulation_predicts_a_deployed_run_with_twice_the_epochs(
     print(f"round times (s): predicted {np.round(predicted, 2).tolist()}, measured "
           f"{np.round(measured, 2).tolist()}; mean error {error:.1%}")
     assert error < 0.25
+
+
+def test_a_nodes_measured_jobs_become_its_speed_and_overhead():
+    from fedsim.calibration import trace_from_jobs
+    from fedsim.core.services import PartitionMap
+
+    node = 2**63 + 5  # an opaque id: the device is named by its partition
+    jobs = [{"node": node, "kind": "train", "total_s": 10.0, "compute_s": 2.0, "work": 400.0},
+            {"node": node, "kind": "train", "total_s": 13.0, "compute_s": 2.0, "work": 400.0},
+            {"node": node, "kind": "train", "total_s": 30.0, "compute_s": 2.0, "work": 400.0},
+            {"node": node, "kind": "evaluate", "total_s": 99.0, "compute_s": 1.0, "work": 0.0}]
+    [device] = trace_from_jobs(jobs, PartitionMap({node: 3}, 4))
+    assert device.id == "3" and device.speed_sps == pytest.approx(200.0)
+    assert device.up_latency_s == device.down_latency_s == pytest.approx(11.0 / 2)  # median
