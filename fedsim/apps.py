@@ -24,6 +24,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import ServerApp
 
 from fedsim import deploy
+from fedsim.calibration import measure_compute
 from fedsim.core import client
 from fedsim.core.schema import Scenario, scenario_to_dict
 from fedsim.core.services import PARTITION_QUERY
@@ -85,7 +86,7 @@ class ScenarioClientApp(ClientApp):
     may share an action (`train.dfedsam`): it is added once."""
 
     def __init__(self) -> None:
-        super().__init__(mods=[scenario_mods])
+        super().__init__(mods=[measure_compute, scenario_mods])
         self._strategies_added: set[str] = set()
         self._actions_added: set[str] = set()
         self.train()(client.train)

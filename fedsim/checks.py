@@ -32,8 +32,10 @@ from fedsim.core.schema import Scenario
 from fedsim.core.task import Task
 from fedsim.core.vectorize import unsupported_layer
 from fedsim.engine.devices import DevicePopulation
+from fedsim.engine.flops import model_cost
 from fedsim.engine.placement import plan_groups, resolve_device
 from fedsim.engine.tasks import make_task, task_class
+from fedsim.traces import load_trace
 from strategies import BuildContext, build_strategy, strategy_info
 from topologies import TopologyError
 
@@ -46,13 +48,20 @@ def prepare_data(scenario: Scenario, download: bool = True
     """The task with its shared data computed (unless it `downloads` and `download` is off:
     then only what a check asks for is loaded), and the device population (a Flower app
     brings its own data: no task)."""
+    clients = scenario.clients
+    trace = (load_trace(clients.trace, clients.traced, scenario.seed)
+             if clients.trace is not None else [])
     if scenario.app is not None:
-        return None, DevicePopulation(scenario.clients, scenario.seed)
+        return None, DevicePopulation(clients, scenario.seed, trace=trace)
     task = make_task(scenario)
     if download or not task.downloads:
         task.shared_data()
-    devices = DevicePopulation(scenario.clients, scenario.seed,
-                               labels=lambda i: task.train_data(i).y)  # label-correlated p
+    counts_flops = (any(t.compute_flops is not None for t in clients.devices)
+                    or any(d.flops is not None for d in trace))
+    cost = model_cost(task, scenario.training.batch_size) if counts_flops else None
+    devices = DevicePopulation(clients, scenario.seed,
+                               labels=lambda i: task.train_data(i).y,  # label-correlated p
+                               trace=trace, cost=cost)
     return task, devices
 
 

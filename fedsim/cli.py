@@ -9,6 +9,7 @@
 - ``sweep``: run every (point, seed) of a sweep file; finished runs are skipped.
 - ``report``: compare run or sweep directories over seeds.
 - ``deploy``: print the commands that run a scenario on real devices with Flower.
+- ``import-fedscale``: convert FedScale's device trace pickles to the plain trace format.
 
 Bad input (a wrong key, a negative rate, an unknown strategy, a missing file)
 is reported as one line naming the field and the fix, with exit code 2.
@@ -307,6 +308,30 @@ def _yaml_files(paths: list[Path]) -> list[Path]:
 PluginName = Annotated[str | None, typer.Argument(
     help="Show this one in detail: every parameter with its type, default and meaning.",
     show_default=False)]
+
+
+@app.command("import-fedscale")
+def import_fedscale(
+    capacity: Annotated[Path, typer.Argument(help="FedScale's client_device_capacity pickle.",
+                                             show_default=False)],
+    out: Annotated[Path, typer.Argument(help="The plain trace to write (.jsonl).",
+                                        show_default=False)],
+    behave: Annotated[Path | None, typer.Option(
+        "--behave", help="FedScale's client_behave_trace pickle (availability).")] = None,
+) -> None:
+    """Convert FedScale's device traces to fedsim's plain trace format (`clients.trace`).
+
+    The pickles are read with an unpickler that refuses every global: a file holding
+    anything but dicts, lists, numbers and strings is refused, never run.
+    """
+    from fedsim.traces import fedscale_trace, write_trace
+
+    try:
+        devices = fedscale_trace(capacity, behave)
+    except ScenarioError as exc:
+        fail(str(exc))
+    write_trace(devices, out)
+    say(f"{len(devices)} devices written to {out}")
 
 
 @app.command()

@@ -49,6 +49,7 @@ def serve(grid: Grid, context: Context) -> None:
     A run that fails records it in its run directory (`error.txt`) and says so on stderr;
     `flwr run` itself still exits 0 (Flower reports a ServerApp's failure in its logs).
     """
+    from fedsim.calibration import MeasuredGrid
     from fedsim.core.services import DeployedServices
     from fedsim.engine.tasks import make_task
     from fedsim.results import RunWriter
@@ -63,11 +64,13 @@ def serve(grid: Grid, context: Context) -> None:
                     "the server waits for every reply (set deploy.reply_timeout_s to cut "
                     "stragglers in wall-clock seconds)", scenario.deadline_s)
     writer = RunWriter(out_dir)
+    grid = MeasuredGrid(grid)  # each node's measured job times: RUN_DIR/trace.jsonl
     try:
         services = DeployedServices.query(grid, timeout_s=timeout,
                                           expected=scenario.clients.count)
         task = make_task(scenario, services.partitions.num_partitions)
         result = execute(scenario, grid, task, services, [writer], timeout=timeout)
+        grid.write(out_dir, services.partitions)
     except Exception as exc:  # execute() has told the writer of failures during the run
         if not (out_dir / "error.txt").exists():
             writer.on_run_failed(f"{type(exc).__name__}: {exc}")

@@ -35,7 +35,7 @@ from fedsim import checkpoint as ckpt
 from fedsim.checks import build_checked, local_gpus, prepare_data, ray_runtime_env
 from fedsim.core.codec import arrays_to_model, flatten
 from fedsim.core.imports import installed_object
-from fedsim.core.keys import WORK_KEY
+from fedsim.core.keys import COMPUTE_S_KEY, WORK_KEY
 from fedsim.core.schema import Scenario, scenario_to_dict
 from fedsim.core.seeding import int_seed
 from fedsim.core.services import GridServices
@@ -562,7 +562,7 @@ def best_on_validation(records: list[dict[str, Any]]) -> dict[str, Any]:
             f"test_{key}_at_best": best[key]}
 
 
-NOT_RECORDED = ("num-examples", WORK_KEY)
+NOT_RECORDED = ("num-examples", WORK_KEY, COMPUTE_S_KEY)
 """Reply metrics that only weigh or time a reply: aggregated, they mean nothing."""
 
 

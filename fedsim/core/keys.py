@@ -2,6 +2,8 @@
 
 WORK_KEY = "work-samples"
 """Reply metric: samples the client processed (forward + backward), for compute time."""
+COMPUTE_S_KEY = "compute-s"
+"""Reply metric of a deployed run: wall-clock seconds the client's handler computed."""
 
 # Error codes of replies a simulated grid makes up for what the simulated world did to a
 # message. They are distinct from Flower's `ErrorCode.CLIENT_APP_RAISED_EXCEPTION` (the

@@ -212,11 +212,71 @@ class LinkSpec(Spec):
     latency_s: float = Field(default=0.0, ge=0)
     noise_sigma: float = Field(default=0.0, ge=0, description="std of additive Gaussian noise")
     erasure_p: float = Field(default=0.0, ge=0, le=1, description="probability a message is lost")
+    shared: bool = Field(default=False, description="uplink only: one cell whose bandwidth is "
+                         "divided equally among the uploads in flight")
+
+    @model_validator(mode="after")
+    def _shared_needs_bandwidth(self) -> LinkSpec:
+        if self.shared and self.bandwidth_mbps is None:
+            raise ValueError("shared: a shared cell needs its bandwidth_mbps (unlimited "
+                             "bandwidth has nothing to share)")
+        return self
+
+
+NETWORK_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "ethernet": {"uplink": {"bandwidth_mbps": 100.0, "latency_s": 0.001},
+                 "downlink": {"bandwidth_mbps": 100.0, "latency_s": 0.001}},
+    "wifi": {"uplink": {"bandwidth_mbps": 53.4, "latency_s": 0.005},
+             "downlink": {"bandwidth_mbps": 100.0, "latency_s": 0.005}},
+    "5g": {"uplink": {"bandwidth_mbps": 30.0, "latency_s": 0.010, "shared": True},
+           "downlink": {"bandwidth_mbps": 100.0, "latency_s": 0.010}},
+}
+"""Links of Raspberry Pis measured in "Federated Learning over 5G, WiFi, and Ethernet:
+Measurements and Evaluation" (Hayek et al., arXiv:2504.04678). The paper reports ratios,
+not one bandwidth per interface: on its 5G-NR SA cell an upload took 33.3x as long as
+over Ethernet and 17.8x as long as over WiFi, with all devices uploading at once. Chosen
+absolute values: Ethernet 100 Mbps (Fast Ethernet, what a Pi sustains through a typical
+switch); WiFi uplink 100 x 17.8 / 33.3 = 53.4 Mbps, so that the two ratios hold; a 5G cell
+uplink of 30 Mbps *shared* by the uploads in flight (an SDR small cell's uplink is tens of
+Mbps), so that ten simultaneous uploads get 3 Mbps each, 1/33.3 of Ethernet's. Downlinks are
+not the bottleneck the paper measured: 100 Mbps, not shared. Latencies are typical one-way
+delays (1, 5, 10 ms), not figures from the paper."""
+
+Preset = Literal["ethernet", "wifi", "5g"]
+
+
+def _with_preset(data: Any) -> Any:
+    """A mapping with `preset` gets the preset's uplink and downlink, under its own keys."""
+    if not isinstance(data, dict) or data.get("preset") not in NETWORK_PRESETS:
+        return data
+    links = NETWORK_PRESETS[data["preset"]]
+    merged = dict(data)
+    for key in ("uplink", "downlink"):
+        given = data.get(key)
+        if given is None or isinstance(given, dict):
+            merged[key] = {**links[key], **(given or {})}
+    return merged
 
 
 class ChannelSpec(Spec):
+    """The links every device uses unless its tier has its own. `preset` fills both from
+    measurements (`NETWORK_PRESETS`); keys given beside it win."""
+
     uplink: LinkSpec = LinkSpec()
     downlink: LinkSpec = LinkSpec()
+    preset: Preset | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_links(cls, data: Any) -> Any:
+        return _with_preset(data)
+
+    @model_validator(mode="after")
+    def _downlink_not_shared(self) -> ChannelSpec:
+        if self.downlink.shared:
+            raise PydanticCustomError("shared", "downlink.shared: sharing applies to an "
+                                      "uplink only; remove it")
+        return self
 
 
 class ActorResources(Spec):
@@ -236,12 +296,42 @@ class ActorResources(Spec):
         return num_gpus
 
 
+DEFAULT_SPEED = 1000.0
+"""Samples per second of a tier that gives no compute."""
+
+DEVICE_CLASSES: dict[str, dict[str, float]] = {
+    "phone_low": {"flops": 2e9, "memory_bytes": 2 * 2**30},
+    "phone_high": {"flops": 20e9, "memory_bytes": 8 * 2**30},
+    "raspberry_pi_4": {"flops": 5e9, "memory_bytes": 4 * 2**30},
+    "jetson_nano": {"flops": 50e9, "memory_bytes": 4 * 2**30},
+    "laptop": {"flops": 100e9, "memory_bytes": 16 * 2**30},
+}
+"""Named devices: FLOP/s *sustained* by small-batch fp32 training on the CPU (or the Jetson's
+GPU), an order of magnitude below the chips' peak, and the RAM a training process may use.
+Round figures for planning, not measurements: give `flops` and `memory_bytes` for yours."""
+
+
 class DeviceTier(Spec):
-    """A kind of device and the share of the population that has it."""
+    """A kind of device and the share of the population that has it.
+
+    Compute: `speed` in samples per second whatever the model, or `flops` (FLOP/s) or a
+    `device_class`: a job's compute time is then the task model's training FLOPs per
+    sample (3x its forward pass, counted once) times the samples, over `flops`. A model
+    whose training needs more than `memory_bytes` is refused when the run is built."""
 
     name: str = "device"
     share: float = Field(default=1.0, gt=0)
-    speed: float | Distribution = Field(default=1000.0, description="samples per second")
+    speed: float | Distribution | None = Field(
+        default=None, description="samples per second (null: 1000, unless flops or "
+        "device_class gives the compute)")
+    flops: float | Distribution | None = Field(default=None, description="FLOP/s; replaces "
+                                               "speed")
+    memory_bytes: float | None = Field(default=None, gt=0, description="memory a training "
+                                       "process may use")
+    device_class: Literal[tuple(DEVICE_CLASSES)] | None = Field(  # type: ignore[valid-type]
+        default=None, description="flops and memory_bytes of a named device")
+    preset: Preset | None = Field(default=None, description="this tier's uplink and downlink "
+                                  "from `NETWORK_PRESETS`")
     availability: Availability = AlwaysOn()
     straggling: Straggling = NoStraggling()
     dropout_p: float = Field(default=0.0, ge=0, le=1, description="P(job abandoned midway)")
@@ -253,16 +343,81 @@ class DeviceTier(Spec):
     num_actors: int | None = Field(default=None, ge=1, le=100_000, description="actors of this "
                                    "tier's own kind (null: its share of the cluster)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_links(cls, data: Any) -> Any:
+        return _with_preset(data)
+
     @model_validator(mode="after")
     def _positive_speed(self) -> DeviceTier:
         if isinstance(self.speed, int | float) and self.speed <= 0:
             raise ValueError(f"speed must be > 0 samples/s, got {self.speed}")
+        if isinstance(self.flops, int | float) and self.flops <= 0:
+            raise ValueError(f"flops must be > 0 FLOP/s, got {self.flops}")
+        rules = [k for k in ("speed", "flops", "device_class") if getattr(self, k) is not None]
+        if len(rules) > 1:
+            raise PydanticCustomError("compute", "give one of speed, flops, device_class "
+                                      "(got {given})", {"given": ", ".join(rules)})
+        if self.downlink is not None and self.downlink.shared:
+            raise PydanticCustomError("shared", "downlink.shared: sharing applies to an "
+                                      "uplink only; remove it")
         return self
+
+    @property
+    def samples_per_s(self) -> float | LogNormal | Uniform:
+        """This tier's speed when it is given in samples per second."""
+        return DEFAULT_SPEED if self.speed is None else self.speed
+
+    @property
+    def compute_flops(self) -> float | LogNormal | Uniform | None:
+        """FLOP/s of this tier's devices, or None when `speed` (samples/s) rules."""
+        if self.device_class is not None:
+            return DEVICE_CLASSES[self.device_class]["flops"]
+        return self.flops
+
+    @property
+    def memory_limit(self) -> float | None:
+        if self.device_class is not None and self.memory_bytes is None:
+            return DEVICE_CLASSES[self.device_class]["memory_bytes"]
+        return self.memory_bytes
+
+
+MAX_TRACE_DEVICES = 1_000_000
+
+
+class TraceSpec(Spec):
+    """Devices replayed from a trace file (`fedsim.traces`: the plain JSONL format, or a
+    deployed run's directory): `sample` of them drawn with `seed`."""
+
+    path: Path = Field(description="a .jsonl trace, or a deployed run's directory")
+    sample: int | None = Field(default=None, ge=1, le=MAX_TRACE_DEVICES,
+                               description="devices drawn from the trace (null: clients.count)")
+    seed: int | None = Field(default=None, ge=0, lt=2**63,
+                             description="seed of the draw (null: the scenario's)")
 
 
 class ClientsSpec(Spec):
+    """`count` devices: `trace.sample` of them from the trace, the rest from the tiers."""
+
     count: int = Field(ge=1, le=MAX_CLIENTS)
     devices: list[DeviceTier] = Field(default_factory=lambda: [DeviceTier()], min_length=1)
+    trace: TraceSpec | None = None
+
+    @property
+    def traced(self) -> int:
+        """How many of the devices come from the trace."""
+        if self.trace is None:
+            return 0
+        return self.count if self.trace.sample is None else self.trace.sample
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> ClientsSpec:
+        if self.traced > self.count:
+            raise PydanticCustomError(
+                "trace", "trace.sample: {sample} devices drawn from the trace, more than "
+                "count ({count}); lower it or raise count", {"sample": self.traced,
+                                                             "count": self.count})
+        return self
 
 
 # ---------------------------------------------------------------- task, training

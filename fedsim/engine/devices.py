@@ -36,6 +36,7 @@ from fedsim.core.schema import (
 from fedsim.core.seeding import rng
 from fedsim.engine.channel import transfer_time
 from fedsim.engine.stragglers import sample_bursty_pattern
+from fedsim.engine.traces import TraceDevice, online_at
 
 BURSTY_MEAN_SLOTS = 100_000
 """(device, round) slots of a tier's drawn (B, W, λ) pattern over which its mean straggling
@@ -70,9 +71,10 @@ def tier_counts(shares: list[float], n: int) -> list[int]:
 
 def tier_assignment(spec: ClientsSpec, seed: int) -> np.ndarray:
     """The tier of each device (by partition id): shares rounded, then shuffled by the seed.
-    The pool reads it too, to send a tier's jobs to that tier's actors."""
-    counts = tier_counts([t.share for t in spec.devices], spec.count)
-    tier_of = np.repeat(np.arange(len(spec.devices)), counts)
+    Devices from a trace are the last tier, `len(spec.devices)`. The pool reads it too, to
+    send a tier's jobs to that tier's actors."""
+    counts = tier_counts([t.share for t in spec.devices], spec.count - spec.traced)
+    tier_of = np.repeat(np.arange(len(spec.devices) + 1), [*counts, spec.traced])
     rng(seed, "tiers").shuffle(tier_of)
     return tier_of
 
@@ -151,32 +153,80 @@ class _BurstyPattern:
         return float(self._pattern[:rounds].mean()) if self._m else 0.0
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """What training the task's model costs a device: FLOPs per training sample (3x the
+    forward pass) and the memory it needs (`fedsim.engine.flops.model_cost`)."""
+
+    train_flops_per_sample: float
+    memory_bytes: float
+
+
+TRACE_TIER = "trace"
+"""The name of the tier of devices replayed from `clients.trace`."""
+
+
 class DevicePopulation:
     """Every simulated device of a scenario, indexed 0..n-1 (the partition id).
 
     `labels(i)` gives client i's training labels; it is called (once per
     client) only when an availability model has `label_correlation`.
     `online_p[i]` is the participation probability device i's availability
-    model was given (1 for always-on devices).
+    model was given (1 for always-on devices). `trace` holds the `clients.traced`
+    devices of the trace tier (the last); `cost` is needed when a tier or trace device
+    gives its compute in FLOP/s. A trace device without the memory the model needs is
+    never online; a tier without it is a `ScenarioError`.
     """
 
     def __init__(self, spec: ClientsSpec, seed: int,
-                 labels: Callable[[int], Any] | None = None) -> None:
+                 labels: Callable[[int], Any] | None = None,
+                 trace: list[TraceDevice] | None = None, cost: ModelCost | None = None
+                 ) -> None:
         self.n = spec.count
         self._labels = labels
         self._label_dist: np.ndarray | None = None
         self.tiers: list[DeviceTier] = list(spec.devices)
         self.seed = seed
         self.tier_of = tier_of = tier_assignment(spec, seed)
+        self.trace = list(trace or ())
+        if len(self.trace) != spec.traced:
+            raise ValueError(f"{spec.traced} trace devices expected, {len(self.trace)} given")
+        self._trace_members = np.flatnonzero(tier_of == len(self.tiers))
+        if spec.traced:
+            self.tiers.append(DeviceTier(name=TRACE_TIER))
         # position of each device within its tier: index into per-tier state vectors
         self._rank_in_tier = np.empty(self.n, dtype=np.int64)
         for t in range(len(self.tiers)):
             members = np.flatnonzero(tier_of == t)
             self._rank_in_tier[members] = np.arange(len(members))
         self.speed = np.empty(self.n)
-        for t, tier in enumerate(self.tiers):
+        for t, tier in enumerate(spec.devices):
             members = np.flatnonzero(tier_of == t)
-            self.speed[members] = _draw(tier.speed, len(members), rng(seed, "speed", t))
+            flops = tier.compute_flops
+            if flops is None:
+                self.speed[members] = _draw(tier.samples_per_s, len(members), rng(seed, "speed", t))
+                continue
+            need = _needs_cost(cost, f"clients.devices.{t}")
+            limit = tier.memory_limit
+            if limit is not None and need.memory_bytes > limit:
+                raise ScenarioError(
+                    f"clients.devices.{t}.memory_bytes: training the model needs "
+                    f"{need.memory_bytes:.3g} bytes, the tier's devices have {limit:.3g}; "
+                    "give them more memory or train a smaller task.model")
+            self.speed[members] = (_draw(flops, len(members), rng(seed, "speed", t))
+                                   / need.train_flops_per_sample)
+        self._trace_fits = np.ones(len(self.trace), dtype=bool)
+        for i, (node, device) in enumerate(zip(self._trace_members, self.trace, strict=True)):
+            if device.speed_sps is not None:
+                self.speed[node] = device.speed_sps
+                continue
+            need = _needs_cost(cost, f"clients.trace (device {device.id!r})")
+            assert device.flops is not None
+            self.speed[node] = device.flops / need.train_flops_per_sample
+            self._trace_fits[i] = (device.memory_bytes is None
+                                   or device.memory_bytes >= need.memory_bytes)
+        self._trace_links = {int(node): _trace_links(device) for node, device
+                             in zip(self._trace_members, self.trace, strict=True)}
         self.online_p = np.ones(self.n)
         self._availability = self._build_availability()
         self._bursts = self._build_bursts()
@@ -233,9 +283,12 @@ class DevicePopulation:
             return label_correlated_p(q, spec.p, spec.label_correlation, gen)
         return np.full(m, spec.p)
 
-    def available(self, round_: int) -> np.ndarray:
-        """Boolean vector: which devices are online in `round_` (0-based)."""
+    def available(self, round_: int, now: float = 0.0) -> np.ndarray:
+        """Boolean vector: which devices are online in `round_` (0-based), trace devices at
+        virtual time `now`."""
         online = np.ones(self.n, dtype=bool)
+        if self.trace:
+            online[self._trace_members] = online_at(self.trace, now) & self._trace_fits
         for t, (members, model) in enumerate(self._availability):
             if model is None:
                 continue
@@ -315,6 +368,13 @@ class DevicePopulation:
         return self.job_time(node, channel, work, bytes_down, bytes_up,
                              self.mean_slowdown(node)).total
 
+    def offline_during(self, node: int, start: float, end: float) -> float | None:
+        """When a trace device goes offline within [start, end) (None: it stays online, or
+        its availability is counted in rounds)."""
+        if node not in self._trace_links:
+            return None
+        return self.trace[int(self._rank_in_tier[node])].offline_during(start, end)
+
     def dropout_at(self, node: int, round_: int, job: int) -> float | None:
         """Fraction of the job done when the device drops out, or None if it finishes."""
         p = self.tiers[int(self.tier_of[node])].dropout_p
@@ -326,10 +386,30 @@ class DevicePopulation:
     # ------------------------------------------------------------ links
 
     def uplink(self, node: int, default: LinkSpec) -> LinkSpec:
+        links = self._trace_links.get(node)
+        if links is not None:
+            return default.model_copy(update={**links[0], "shared": False})
         return self.tiers[int(self.tier_of[node])].uplink or default
 
     def downlink(self, node: int, default: LinkSpec) -> LinkSpec:
+        links = self._trace_links.get(node)
+        if links is not None:
+            return default.model_copy(update=links[1])
         return self.tiers[int(self.tier_of[node])].downlink or default
+
+
+def _trace_links(device: TraceDevice) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The measured fields of a trace device's uplink and downlink (the channel's noise and
+    erasure stay)."""
+    return ({"bandwidth_mbps": device.up_mbps, "latency_s": device.up_latency_s},
+            {"bandwidth_mbps": device.down_mbps, "latency_s": device.down_latency_s})
+
+
+def _needs_cost(cost: ModelCost | None, where: str) -> ModelCost:
+    if cost is None:
+        raise ScenarioError(f"{where}: compute given in FLOP/s needs the task's model to count "
+                            "its FLOPs (a Flower app's model is its own: give speed)")
+    return cost
 
 
 def _draw(value: float | LogNormal | Uniform, size: int, gen: np.random.Generator) -> np.ndarray:

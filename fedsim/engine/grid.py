@@ -14,9 +14,11 @@ deadline in virtual seconds, capped by the scenario's `deadline_s` whatever
 the strategy passes: later replies are dropped and counted as stragglers.
 Nothing here sleeps or polls.
 
-A message lost on a link, or a device that drops out, comes back as a Flower
-error reply at the moment the server would learn of it, so strategies count
-it as a failure and a round without a deadline still ends.
+A message lost on a link, a device that drops out, or a trace device that goes
+offline mid-job comes back as a Flower error reply at the moment the server would
+learn of it, so strategies count it as a failure and a round without a deadline
+still ends. Uploads over a shared uplink (`LinkSpec.shared`) split its bandwidth:
+their arrivals are set once every job of a push is known (`SharedUplink`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from fedsim.core.keys import DROPPED_OUT, LOST_ON_DOWNLINK, LOST_ON_UPLINK, WORK
 from fedsim.core.schema import ChannelSpec
 from fedsim.core.seeding import int_seed, rng
 from fedsim.core.services import PartitionMap
-from fedsim.engine.channel import add_noise, is_lost
+from fedsim.engine.channel import SharedUplink, add_noise, is_lost
 from fedsim.engine.devices import DevicePopulation
 from fedsim.engine.ledger import (
     COLUMN,
@@ -143,7 +145,8 @@ class SimGrid(Grid):
         self._in_flight: dict[str, _InFlight] = {}
         self._pushed = 0
         self._jobs_this_round: dict[int, int] = {}
-        self._online: tuple[int, np.ndarray] | None = None  # (round, who is online)
+        self._online: tuple[tuple[int, float], np.ndarray] | None = None  # (round, now), who
+        self._cells: dict[int, SharedUplink] = {}  # tier with its own uplink (-1: the channel's)
         self.ledger = NodeLedger.empty(devices.n)
         self.timeline = Timeline(timeline_sample(devices.tier_of, timeline_nodes))
         self.tier_names = tier_labels([tier.name for tier in devices.tiers])
@@ -166,9 +169,11 @@ class SimGrid(Grid):
         return self.node_ids[self._online_now()].tolist()  # vectorised: 100k nodes in ~1 ms
 
     def _online_now(self) -> np.ndarray:
-        """Who is online in the current availability round (drawn once per round)."""
-        if self._online is None or self._online[0] != self.round:
-            self._online = (self.round, self.devices.available(self.round))
+        """Who is online in the current availability round (drawn once per round) and, for
+        trace devices, at the current virtual time."""
+        when = (self.round, self.now if self.devices.trace else 0.0)
+        if self._online is None or self._online[0] != when:
+            self._online = (when, self.devices.available(*when))
         return self._online[1]
 
     def partition_map(self) -> PartitionMap:
@@ -178,6 +183,8 @@ class SimGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver messages to their devices now; replies arrive later in virtual time."""
         messages = list(messages)
+        for cell in self._cells.values():
+            cell.settle(self.now)
         jobs: list[Job] = []
         payloads: list[RecordDict] = []
         payload_index: dict[int, int] = {}
@@ -211,6 +218,7 @@ class SimGrid(Grid):
                                                  or result.error_reason)
         for dispatch, result in zip(executed, results, strict=True):
             self._complete(dispatch, result)
+        self._share_uplinks()
         return [m.metadata.message_id for m in messages]
 
     def _dispatch(self, message: Message) -> _Dispatch:
@@ -235,7 +243,7 @@ class SimGrid(Grid):
                           message.metadata.message_type)
         self._pushed += 1
         return _Dispatch(
-            message=message, node=node, key=key, order=self._pushed,
+            message=message, node=node, key=key, order=self._pushed, sent=self.now,
             start=self.now + down_s,
             lost=downlink.erasure_p > 0  # a generator costs ~50 us: only build one if used
             and is_lost(downlink, rng(self.seed, "downlink-loss", *key)),
@@ -255,14 +263,19 @@ class SimGrid(Grid):
         timing = self.devices.job_time(node, self.channel, work=work, bytes_up=nbytes,
                                        slowdown=self.devices.slowdown(*key))
         dropped_at = self.devices.dropout_at(*key)
-        if dropped_at is not None:
-            gone = dispatch.start + dropped_at * timing.compute
-            self.stats.node(node)[COMPUTE_S] += gone - dispatch.start
+        uplink = self.devices.uplink(node, self.channel.uplink)
+        offline = self.devices.offline_during(  # trace devices' uplinks are never shared
+            node, dispatch.sent, dispatch.start + timing.compute + timing.up)
+        if dropped_at is not None or offline is not None:
+            gone = min(dispatch.start + dropped_at * timing.compute
+                       if dropped_at is not None else math.inf,
+                       offline if offline is not None else math.inf)
+            self.stats.node(node)[COMPUTE_S] += max(0.0, gone - dispatch.start)
             self.timeline.add("compute", node, self.round, dispatch.start, gone, kind)
             self.timeline.add("dropout", node, self.round, gone, gone, kind)
-            self._hold(dispatch, gone, error_reply(message, DROPPED_OUT, "device dropped out"))
+            why = "device dropped out" if offline is None else "device went offline"
+            self._hold(dispatch, gone, error_reply(message, DROPPED_OUT, why))
             return
-        uplink = self.devices.uplink(node, self.channel.uplink)
         self.stats.bytes_up += nbytes
         counters = self.stats.node(node)
         counters[BYTES_UP] += nbytes
@@ -270,6 +283,13 @@ class SimGrid(Grid):
         counters[TRANSFER_S] += timing.up
         computed = dispatch.start + timing.compute
         arrival = computed + timing.up
+        if uplink.shared:
+            tier = int(self.devices.tier_of[node])
+            cell_key = tier if self.devices.tiers[tier].uplink is not None else -1
+            cell = self._cells.get(cell_key)
+            if cell is None:
+                cell = self._cells[cell_key] = SharedUplink(uplink)
+            cell.add(message.metadata.message_id, computed, nbytes)
         self.timeline.add("compute", node, self.round, dispatch.start, computed, kind)
         self.timeline.add("uplink", node, self.round, computed, arrival, kind)
         if uplink.erasure_p > 0 and is_lost(uplink, rng(self.seed, "uplink-loss", *key)):
@@ -281,6 +301,14 @@ class SimGrid(Grid):
         examples = (_reported(result.content, "num-examples") or 0.0
                     if kind.startswith("train") else 0.0)
         self._hold(dispatch, arrival, reply, examples)
+
+    def _share_uplinks(self) -> None:
+        """Set the arrivals of the replies still on a shared uplink: they slowed each other
+        down, and the jobs just pushed may slow them further."""
+        for cell in self._cells.values():
+            for mid, arrival in cell.finish_times().items():
+                if mid in self._in_flight:  # else the server stopped waiting for it
+                    self._in_flight[mid].arrival = arrival
 
     def _hold(self, dispatch: _Dispatch, arrival: float, reply: Message,
               examples: float = 0.0) -> None:
@@ -371,7 +399,7 @@ class SimGrid(Grid):
             "now": self.now, "round": self.round, "stats": self.stats,
             "in_flight": self._in_flight, "pushed": self._pushed,
             "jobs_this_round": self._jobs_this_round, "ledger": self.ledger,
-            "timeline": self.timeline})
+            "timeline": self.timeline, "cells": self._cells})
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """Put back what `checkpoint_state` returned."""
@@ -380,6 +408,7 @@ class SimGrid(Grid):
         self._in_flight, self._pushed = state["in_flight"], state["pushed"]
         self._jobs_this_round = state["jobs_this_round"]
         self.ledger, self.timeline = state["ledger"], state["timeline"]
+        self._cells = state.get("cells", {})
 
     def client_states(self) -> Any:
         """Every node's Flower `Context.state` that holds anything, from the pool."""
@@ -438,6 +467,7 @@ class _Dispatch:
     node: int
     key: tuple[int, int, int]  # (node, round, job number in round): keys every random draw
     order: int
+    sent: float  # virtual time the server pushed it
     start: float  # virtual time the device has the message
     lost: bool
     downlink_sigma: float
