@@ -98,9 +98,14 @@ def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
     return ArrayRecord({k: array_from_numpy(np.ascontiguousarray(v)) for k, v in out.items()})
 
 
+@functools.lru_cache(maxsize=64)
+def _itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
 def array_nbytes(array: Array) -> int:
     """Payload bytes of a Flower `Array`, read from its header (no decoding)."""
-    return math.prod(array.shape) * np.dtype(array.dtype).itemsize
+    return math.prod(array.shape) * _itemsize(array.dtype)
 
 
 def arrays_nbytes(arrays: ArrayRecord) -> int:
@@ -109,5 +114,10 @@ def arrays_nbytes(arrays: ArrayRecord) -> int:
 
 
 def payload_nbytes(content: RecordDict) -> int:
-    """Bytes of every array in a message's records (what the simulated channel counts)."""
-    return sum(arrays_nbytes(record) for record in content.array_records.values())
+    """Bytes of every array in a message's records (what the simulated channel counts).
+
+    Reads the records directly: `RecordDict.array_records` builds a checked copy of the
+    dict on every access, which cost more than the count (the grid counts every message
+    twice)."""
+    return sum(arrays_nbytes(record) for record in content.values()
+               if isinstance(record, ArrayRecord))

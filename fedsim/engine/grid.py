@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -40,7 +40,7 @@ from fedsim.core.clock import RESOLUTION_S, Clock
 from fedsim.core.codec import payload_nbytes
 from fedsim.core.keys import DROPPED_OUT, LOST_ON_DOWNLINK, LOST_ON_UPLINK, WORK_KEY
 from fedsim.core.schema import ChannelSpec
-from fedsim.core.seeding import int_seed, rng
+from fedsim.core.seeding import int_seeds, rng
 from fedsim.core.services import PartitionMap
 from fedsim.engine.channel import SharedUplink, add_noise, is_lost
 from fedsim.engine.devices import DevicePopulation
@@ -144,6 +144,7 @@ class SimGrid(Grid):
         self.stats = RoundStats()
         self._in_flight: dict[str, _InFlight] = {}
         self._pushed = 0
+        self._id_prefix = uuid.uuid4().hex  # message ids: this prefix and the push count
         self._jobs_this_round: dict[int, int] = {}
         self._online: tuple[tuple[int, float], np.ndarray] | None = None  # (round, now), who
         self._cells: dict[int, SharedUplink] = {}  # tier with its own uplink (-1: the channel's)
@@ -200,15 +201,18 @@ class SimGrid(Grid):
             if id(message.content) not in payload_index:
                 payload_index[id(message.content)] = len(payloads)
                 payloads.append(message.content)
-            jobs.append(Job(
-                node_id=message.metadata.dst_node_id, partition_id=dispatch.node,
-                message_type=message.metadata.message_type,
-                message_id=message.metadata.message_id, group_id=message.metadata.group_id,
-                content_index=payload_index[id(message.content)],
-                seed=int_seed(self.seed, "job", *dispatch.key),
-                downlink_sigma=dispatch.downlink_sigma,
-            ))
             executed.append(dispatch)
+        keys = [d.key for d in executed]  # every job's seed at once: ~15x faster than one by one
+        seeds = int_seeds(self.seed, "job", *([key[i] for key in keys] for i in range(3)))
+        for dispatch, seed in zip(executed, seeds, strict=True):
+            metadata = dispatch.message.metadata
+            jobs.append(Job(
+                node_id=metadata.dst_node_id, partition_id=dispatch.node,
+                message_type=metadata.message_type, message_id=metadata.message_id,
+                group_id=metadata.group_id,
+                content_index=payload_index[id(dispatch.message.content)],
+                seed=seed, downlink_sigma=dispatch.downlink_sigma,
+            ))
         results = self.pool.execute(jobs, payloads) if jobs else []
         self.stats.executed += len(results)
         for result in results:
@@ -223,7 +227,8 @@ class SimGrid(Grid):
 
     def _dispatch(self, message: Message) -> _Dispatch:
         """Give the message an id, count its bytes, time its downlink, draw its loss."""
-        message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        # unique like the SuperLink's ids, but a counter: uuid4() cost ~10 us per message
+        message.metadata.__dict__["_message_id"] = f"{self._id_prefix}-{self._pushed + 1}"
         node = self._partition_of.get(message.metadata.dst_node_id)
         if node is None:
             raise ValueError(f"message for unknown node id {message.metadata.dst_node_id}")
@@ -474,9 +479,12 @@ class _Dispatch:
 
 
 def _reported(content: RecordDict, metric: str) -> float | None:
-    """The value of `metric` in the reply's first metric record that has it."""
-    for record in content.metric_records.values():
-        if metric in record:
+    """The value of `metric` in the reply's first metric record that has it.
+
+    Reads the records directly: `RecordDict.metric_records` builds a checked copy of
+    the dict on every access, which cost more than the rest of a reply's bookkeeping."""
+    for record in content.values():
+        if isinstance(record, MetricRecord) and metric in record:
             return float(record[metric])  # type: ignore[arg-type]
     return None
 

@@ -45,11 +45,16 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.core.codec import payload_nbytes
 from fedsim.core.device import computing_on, seed_job, usable_device
 from fedsim.core.seeding import rng
 from fedsim.engine.placement import ActorGroup, Cluster
 
 log = logging.getLogger("fedsim")
+
+INLINE_PAYLOAD_BYTES = 64 * 1024
+"""A payload up to this size travels inside each actor call that uses it rather than
+through the object store (Ray itself inlines call arguments up to 100 KiB)."""
 
 
 @dataclass
@@ -501,9 +506,12 @@ class RayPool:
         for w, batch in batches.items():
             for job in batch:
                 users.setdefault(job.content_index, set()).add(w)
-        # a broadcast goes to the object store once; any other payload travels with the
-        # one call that uses it, so no actor deserialises other actors' messages
-        shared = {i: ray.put(payloads[i]) for i, used_by in users.items() if len(used_by) > 1}
+        # a large broadcast goes to the object store once; a small one (the size Ray passes
+        # inline with a call anyway) and any other payload travel with the call that uses
+        # them: no store round trip for a tiny model, and no actor deserialises other
+        # actors' messages
+        shared = {i: ray.put(payloads[i]) for i, used_by in users.items()
+                  if len(used_by) > 1 and payload_nbytes(payloads[i]) > INLINE_PAYLOAD_BYTES}
         futures = {}
         for w, batch in batches.items():
             indices = sorted({job.content_index for job in batch})
@@ -511,10 +519,14 @@ class RayPool:
             own = [replace(job, content_index=local[job.content_index]) for job in batch]
             futures[w] = self.actors[w].run.remote(
                 own, *(shared.get(i, payloads[i]) for i in indices))
+        try:  # one wait for every actor's batch
+            parts = dict(zip(futures, ray.get(list(futures.values())), strict=True))
+        except ray.exceptions.RayActorError:
+            parts = {}  # an actor died: find which below, one batch at a time
         results: list[JobResult] = []
         for w, future in futures.items():
             try:
-                results.extend(ray.get(future))
+                results.extend(parts[w] if w in parts else ray.get(future))
             except ray.exceptions.RayActorError as exc:
                 log.warning("worker %d died (%s); restarting it", w, type(exc).__name__)
                 self.actors[w] = self._start_actor(w)
