@@ -206,7 +206,9 @@ def fedscale_trace(capacity_path: Path, behave_path: Path | None = None) -> list
 def _fedscale_online(record: Any, where: str) -> dict[str, Any]:
     finish = _field(record, "finish_time", where)
     active, inactive = record.get("active"), record.get("inactive")
-    if not isinstance(active, list) or not isinstance(inactive, list):
+    if not all(isinstance(seconds, list) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            for x in seconds) for seconds in (active, inactive)):
         raise ScenarioError(f"{where}: active, inactive: expected lists of seconds")
     ends = [*inactive, finish][: len(active)]  # still active at the end: until finish_time
     online = [[float(a), float(min(b, finish))] for a, b in zip(active, ends, strict=True)

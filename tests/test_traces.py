@@ -140,3 +140,12 @@ def test_trace_availability_repeats_and_spans_adjacent_intervals():
     gap = TraceDevice("g", speed_sps=1.0, online=((0.0, 5.0), (6.0, 10.0)), period_s=10.0)
     assert gap.offline_during(12.0, 40.0) == pytest.approx(15.0)
     assert gap.offline_during(15.5, 16.0) == pytest.approx(15.5)
+
+
+@pytest.mark.parametrize("active", [["x"], [True], [float("nan")], "0,5", [[0]]])
+def test_a_fedscale_behaviour_of_the_wrong_type_is_one_line(tmp_path, active):
+    capacity, behave = _fedscale_files(tmp_path)
+    behave.write_bytes(pickle.dumps({1: {"active": active, "inactive": [5],
+                                         "finish_time": 100}}))
+    with pytest.raises(ScenarioError, match=r"device 1: active, inactive: expected lists"):
+        fedscale_trace(capacity, behave)
