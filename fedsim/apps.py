@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import Context, Message
@@ -83,7 +84,9 @@ def _call_mod(mod: Mod, call_next: ClientAppCallable, message: Message,
 class ScenarioClientApp(ClientApp):
     """The project's ClientApp: the default actions, and the client actions of each run's
     strategy, added when a message of that run first needs one. Strategies of one module
-    may share an action (`train.dfedsam`): it is added once."""
+    may share an action (`train.dfedsam`): it is added once. A message a run's strategy
+    declares no action for is refused in every process, not served because another run's
+    strategy happened to add it there first."""
 
     def __init__(self) -> None:
         super().__init__(mods=[measure_compute, scenario_mods])
@@ -96,13 +99,19 @@ class ScenarioClientApp(ClientApp):
     def __call__(self, message: Message, context: Context) -> Message:
         category, _, action = message.metadata.message_type.partition(".")
         if action and category != "query":
-            self._add_actions(_cached_scenario(_scenario_json(context.run_config)).strategy.name)
+            strategy = _cached_scenario(_scenario_json(context.run_config)).strategy.name
+            actions = strategy_info(strategy).client_actions
+            if message.metadata.message_type not in actions:
+                raise ValueError(f"strategy {strategy!r} sent a {message.metadata.message_type!r} "
+                                 "message but declares no client action for it (its "
+                                 "StrategyInfo's client_actions)")
+            self._add_actions(strategy, actions)
         return super().__call__(message, context)
 
-    def _add_actions(self, strategy: str) -> None:
+    def _add_actions(self, strategy: str, actions: Mapping[str, ClientAppCallable]) -> None:
         if strategy in self._strategies_added:
             return
-        for message_type, function in strategy_info(strategy).client_actions.items():
+        for message_type, function in actions.items():
             if message_type not in self._actions_added:
                 category, action = message_type.split(".")
                 getattr(self, category)(action)(function)

@@ -99,5 +99,5 @@ STRATEGIES = (
     StrategyInfo("ef14", "EF14: classic error feedback, C(e + γ∇f_i)", EF14Params,
                  builder(EF14), {"train.ef14": train_ef14}),
     StrategyInfo("compressed_fedavg", "FedAvg with compressed updates (naive or with EF14)",
-                 CompressedFedAvgParams, builder(CompressedFedAvg)),
+                 CompressedFedAvgParams, builder(CompressedFedAvg), {"train.ef14": train_ef14}),
 )

@@ -471,9 +471,9 @@ STRATEGIES = (
     StrategyInfo("ef21", "EF21: compressed gradient differences with a Markov estimate",
                  CompressedGradientParams, builder(EF21), {"train.ef21": train_ef21}),
     StrategyInfo("ef21_sgd", "EF21-SGD: EF21 with minibatch gradients", EF21SGDParams,
-                 builder(EF21SGD)),
+                 builder(EF21SGD), {"train.ef21": train_ef21}),
     StrategyInfo("ef21_pp", "EF21-PP: EF21 with partial participation", EF21PPParams,
-                 builder(EF21PP)),
+                 builder(EF21PP), {"train.ef21": train_ef21}),
     StrategyInfo("ef21_w", "EF21-W: EF21 weighted by L_i, step with L_AM",
-                 CompressedGradientParams, builder(EF21W)),
+                 CompressedGradientParams, builder(EF21W), {"train.ef21": train_ef21}),
 )

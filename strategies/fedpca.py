@@ -234,5 +234,5 @@ STRATEGIES = (
     StrategyInfo("fedpg", "FedPCA on the Grassmann manifold (Riemannian ADMM, QR retraction)",
                  FedPCAParams, _builder(FedPG), {"train.fedpca": train_fedpca}),
     StrategyInfo("fedpe", "FedPCA in Euclidean space (ADMM with a penalised UᵀU ≤ I)",
-                 FedPCAParams, _builder(FedPE)),
+                 FedPCAParams, _builder(FedPE), {"train.fedpca": train_fedpca}),
 )

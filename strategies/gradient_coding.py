@@ -469,5 +469,6 @@ STRATEGIES = (
                  "n−s replies (s = 0: uncoded wait-for-all GD)", GradientCodingParams,
                  _build_gc, {MESSAGE_TYPE: train_gradient_coding}),
     StrategyInfo("ignore_stragglers_gd", "GD from the first n−s uncoded replies, rescaled "
-                 "(inexact baseline of gradient coding)", IgnoreStragglersParams, _build_ignore),
+                 "(inexact baseline of gradient coding)", IgnoreStragglersParams, _build_ignore,
+                 {MESSAGE_TYPE: train_gradient_coding}),
 )
