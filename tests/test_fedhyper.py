@@ -233,7 +233,7 @@ def test_cl_multiplicative_per_step_lrs_match_the_official_rule(toward):
     half runs with local_steps = 1..K: its last step's lr is the k-th lr of the sequence, and
     the K-step model must be the one the hand-written rule gives.
     """
-    s = _least_squares()
+    s = _least_squares(strategy__name="fedhyper")
     task = make_task(s)
     d_prev = toward * task.closed_form
     strategy = FedHyper(schedulers=["CL"], cl_form="multiplicative")

@@ -101,7 +101,7 @@ def test_official_server_rule_differs_under_partial_participation():
 def test_upload_is_local_model_plus_accumulated_drift(prox_lambda):
     """x̂_i − x_{i,K} = Σ_past (x_{i,K} − x^t) for any λ, with ĝ_i kept in the state."""
     s = quadratic([1.0], task__params__curvatures=[4.0], training__local_steps=10,
-                  training__lr=0.1)
+                  training__lr=0.1, strategy__name="fedspeed")
     task = make_task(s)
     config = FedSpeed(prox_lambda=prox_lambda, rho=0.0).client_config(_train_config(s))
     worker = ClientWorker(WorkerSpec(CLIENT_APP, 1, 1, run_config(s)))
@@ -123,7 +123,7 @@ def test_upload_is_local_model_plus_accumulated_drift(prox_lambda):
 
 def test_correction_is_unchanged_on_nodes_not_sampled():
     """ĝ_i lives in the node's Context.state; a node idle in a round keeps it."""
-    s = quadratic([0.0, 1.0], task__params__curvatures=[1.0, 4.0])
+    s = quadratic([0.0, 1.0], task__params__curvatures=[1.0, 4.0], strategy__name="fedspeed")
     worker = ClientWorker(WorkerSpec(CLIENT_APP, 1, 2, run_config(s)))
     config = FedSpeed(rho=0.0).client_config(_train_config(s))
     arrays = model_to_arrays(make_task(s).make_model())
