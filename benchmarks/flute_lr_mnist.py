@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import time
 from typing import Any
 
 from _common import (
@@ -40,6 +38,7 @@ from _common import (
     flower_fedavg_stamps,
     load_average,
     mean_round,
+    plain_fedavg_stamps,
     print_errors,
     round_result,
     round_table,
@@ -71,32 +70,12 @@ def scenario(args: argparse.Namespace, backend: str = "ray") -> dict[str, Any]:
 def run_plain(args: argparse.Namespace) -> tuple[list[float], float]:
     import torch
 
-    from fedsim.core.seeding import int_seed
-    from fedsim.core.training import TrainConfig, local_sgd
+    from fedsim.core.training import TrainConfig
 
     torch.set_num_threads(1)
-    task = cached_task(scenario(args), {})
-    config = TrainConfig(lr=0.03, local_epochs=1, batch_size=10)
-    torch.manual_seed(0)
-    model = task.make_model()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    sampler = random.Random(0)
-    stamps, loss = [time.perf_counter()], float("nan")
-    for round_ in range(1, args.warmup + args.rounds + 1):
-        total, acc, loss_sum = 0, {k: torch.zeros_like(v) for k, v in state.items()}, 0.0
-        for node in sampler.sample(range(args.nodes), args.per_round):
-            torch.default_generator.manual_seed(int_seed(0, "job", node, round_, 0))
-            model.load_state_dict(state)
-            data = task.train_data(node)
-            _, node_loss = local_sgd(model, task, data, config)
-            for k, v in model.state_dict().items():
-                acc[k] += v * len(data)
-            total += len(data)
-            loss_sum += node_loss * len(data)
-        state = {k: v / total for k, v in acc.items()}
-        loss = loss_sum / total
-        stamps.append(time.perf_counter())
-    return stamps, loss
+    return plain_fedavg_stamps(cached_task(scenario(args), {}),
+                               TrainConfig(lr=0.03, local_epochs=1, batch_size=10),
+                               args.nodes, args.per_round, args.warmup + args.rounds)
 
 
 def run_fedsim(args: argparse.Namespace) -> tuple[list[float], float]:
